@@ -1,0 +1,113 @@
+"""The block runtime: a `Span` runs decoder layers [start, end) of a model on hidden states.
+
+A span holds only its own layers' weights. Each inference session gets a `SpanCache` (its KV
+cache); `Span.forward` runs `hidden[batch, n, h]` at absolute positions, appending to the cache,
+and `SpanCache.rollback(position)` forgets everything from `position` on (replay, stop-sequence
+trimming, speculative steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from swarm.models.skeleton import build_span_module
+from swarm.models.weights import Weights
+
+
+@dataclass
+class SpanCache:
+    """One session's KV cache for a span, with its batch size fixed at the first step."""
+
+    kv: DynamicCache = field(default_factory=DynamicCache)
+    batch: int | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of positions cached."""
+        return int(self.kv.get_seq_length())
+
+    def rollback(self, position: int) -> None:
+        """Keep positions [0, position); a position at or past the end changes nothing."""
+        if position < 0:
+            raise ValueError(f"cannot roll back to a negative position ({position})")
+        if position >= self.length:
+            return
+        for layer in self.kv.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :position, :]
+                layer.values = layer.values[..., :position, :]
+
+    def nbytes(self) -> int:
+        total = 0
+        for layer in self.kv.layers:
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if tensor is not None:
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+
+class Span:
+    """Decoder layers [start, end) of a model, ready to run on one device in one dtype."""
+
+    def __init__(
+        self,
+        weights: Weights,
+        start: int,
+        end: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not 0 <= start < end <= weights.num_blocks:
+            raise ValueError(f"span [{start}, {end}) outside the model's [0, {weights.num_blocks})")
+        self.start, self.end = start, end
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.hidden_size = int(weights.config.hidden_size)
+        self.block_hashes = tuple(weights.block_hash(i) for i in range(start, end))
+        tensors = {i: weights.block_tensors(i) for i in range(start, end)}
+        self.module: nn.Module = build_span_module(
+            weights.config, weights.layout, start, end, tensors, dtype, self.device
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.end - self.start
+
+    def new_cache(self) -> SpanCache:
+        return SpanCache()
+
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.module.parameters())
+
+    @torch.inference_mode()
+    def forward(
+        self, hidden: torch.Tensor, cache: SpanCache, position: int | None = None
+    ) -> torch.Tensor:
+        """Run `hidden[batch, n, h]` placed at positions [position, position + n).
+
+        `position` defaults to the cache length; a position below it rolls the cache back first.
+        """
+        if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
+            raise ValueError(f"hidden must be [batch, n, {self.hidden_size}], got {list(hidden.shape)}")
+        if cache.batch is not None and hidden.shape[0] != cache.batch:
+            raise ValueError(f"batch {hidden.shape[0]} differs from the session's {cache.batch}")
+        if position is None:
+            position = cache.length
+        if position > cache.length:
+            raise ValueError(f"position {position} is past the cache length {cache.length}")
+        cache.rollback(position)
+        batch, n = hidden.shape[0], hidden.shape[1]
+        positions = torch.arange(position, position + n, device=self.device).expand(batch, n)
+        output = self.module(
+            inputs_embeds=hidden.to(device=self.device, dtype=self.dtype),
+            position_ids=positions,
+            cache=cache.kv,
+            use_cache=True,
+        )
+        cache.batch = batch
+        result: torch.Tensor = output.last_hidden_state
+        return result

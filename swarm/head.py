@@ -1,0 +1,90 @@
+"""The client side of split inference: tokenizer, chat template, embeddings, norm, LM head.
+
+The gateway (or any client) holds a `Head`; peers never see text or token ids. Token ids go in
+through `embed`, hidden states come back out of the last span and become logits in `logits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from swarm.models.skeleton import build_head_module
+from swarm.models.weights import Weights
+
+
+class Head:
+    def __init__(
+        self,
+        weights: Weights,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.config = weights.config
+        self.layout = weights.layout
+        self.tokenizer = tokenizer if tokenizer is not None else weights.tokenizer()
+        module = build_head_module(
+            weights.config, weights.layout, weights.head_tensors(), dtype, self.device
+        )
+        self.embed_tokens: nn.Module = module.get_submodule(weights.layout.embed)
+        self.norm: nn.Module = module.get_submodule(weights.layout.norm)
+        self.lm_head: nn.Module = module.get_submodule(weights.layout.lm_head)
+        self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
+        self.hidden_size = int(weights.config.hidden_size)
+        self.vocab_size = int(weights.config.vocab_size)
+
+    @property
+    def chat_template(self) -> str | None:
+        template: str | None = self.tokenizer.chat_template
+        return template
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation rendered with the model's chat template."""
+        if not self.chat_template:
+            raise ValueError("this model has no chat template (it serves completions only)")
+        rendered = self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        ids: list[int] = self.tokenizer.encode(str(rendered), add_special_tokens=False)
+        return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a plain prompt (with the tokenizer's own BOS handling)."""
+        ids: list[int] = self.tokenizer.encode(text)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, list):
+                ids.update(int(i) for i in source)
+        return ids
+
+    @torch.inference_mode()
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids[batch, n]` → `hidden[batch, n, h]`."""
+        hidden: torch.Tensor = self.embed_tokens(ids.to(self.device))
+        return hidden
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden[batch, n, h]` (output of the last block) → fp32 `logits[batch, n, vocab]`."""
+        normed = self.norm(hidden.to(device=self.device, dtype=self.dtype))
+        logits: torch.Tensor = self.lm_head(normed).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
