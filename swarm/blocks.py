@@ -37,9 +37,10 @@ class SpanCache:
         if position >= self.length:
             return
         for layer in self.kv.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys[..., :position, :]
-                layer.values = layer.values[..., :position, :]
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is not None and values is not None and keys.numel():
+                layer.keys = keys[..., :position, :]  # type: ignore[union-attr]
+                layer.values = values[..., :position, :]  # type: ignore[union-attr]
 
     def nbytes(self) -> int:
         total = 0
@@ -92,7 +93,9 @@ class Span:
         `position` defaults to the cache length; a position below it rolls the cache back first.
         """
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
-            raise ValueError(f"hidden must be [batch, n, {self.hidden_size}], got {list(hidden.shape)}")
+            raise ValueError(
+                f"hidden must be [batch, n, {self.hidden_size}], got {list(hidden.shape)}"
+            )
         if cache.batch is not None and hidden.shape[0] != cache.batch:
             raise ValueError(f"batch {hidden.shape[0]} differs from the session's {cache.batch}")
         if position is None:

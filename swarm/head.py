@@ -42,10 +42,12 @@ class Head:
 
     @property
     def chat_template(self) -> str | None:
-        template: str | None = self.tokenizer.chat_template
-        return template
+        template = self.tokenizer.chat_template
+        return template if isinstance(template, str) else None
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
         """Token ids of a conversation rendered with the model's chat template."""
         if not self.chat_template:
             raise ValueError("this model has no chat template (it serves completions only)")
@@ -61,8 +63,8 @@ class Head:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        return text
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text if isinstance(text, str) else "".join(text)
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -18,12 +18,12 @@ import torch
 _HASH_VERSION = b"swarmgate-tensors-v1\n"
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    raw = flat.view(torch.uint8).numpy()
+    raw = flat.view(torch.uint8)
     if sys.byteorder != "little" and tensor.element_size() > 1:
-        raw = flat.view(torch.uint8).reshape(-1, tensor.element_size()).flip(1).reshape(-1).numpy()
-    return memoryview(raw)
+        raw = raw.reshape(-1, tensor.element_size()).flip(1).reshape(-1)
+    return raw.numpy().tobytes()
 
 
 def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -37,7 +37,9 @@ def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def hash_model(config_essentials: Mapping[str, object], head_hash: str, block_hashes: Iterable[str]) -> str:
+def hash_model(
+    config_essentials: Mapping[str, object], head_hash: str, block_hashes: Iterable[str]
+) -> str:
     """sha256 hex identifying a whole model: its shape, its head and its blocks in order."""
     digest = hashlib.sha256(b"swarmgate-model-v1\n")
     digest.update(json.dumps(config_essentials, sort_keys=True).encode())

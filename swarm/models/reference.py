@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GenerationMixin
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from swarm.models.skeleton import causal_lm_class
 from swarm.models.weights import Weights
 
 
@@ -20,11 +19,10 @@ def build_full_model(
     for index in range(weights.num_blocks):
         for name, tensor in weights.block_tensors(index).items():
             state[f"{layout.layers}.{index}.{name}"] = tensor
-    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+    model = causal_lm_class(config)(config)
     model.load_state_dict(state, strict=False)
     if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
+        model.tie_weights()  # type: ignore[operator]
     model.to(device=device, dtype=dtype)
     model.eval()
-    assert isinstance(model, GenerationMixin)
     return model

@@ -17,7 +17,21 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, 
 from swarm.models.families import FamilyLayout
 
 
-def cut_config(config: PretrainedConfig, layout: FamilyLayout, start: int, end: int) -> PretrainedConfig:
+def base_model_class(config: PretrainedConfig) -> type[nn.Module]:
+    """The family's base model class (decoder layers, no LM head)."""
+    cls: type[nn.Module] = MODEL_MAPPING[type(config)]  # type: ignore[assignment]
+    return cls
+
+
+def causal_lm_class(config: PretrainedConfig) -> type[nn.Module]:
+    """The family's `*ForCausalLM` class."""
+    cls: type[nn.Module] = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # type: ignore[assignment]
+    return cls
+
+
+def cut_config(
+    config: PretrainedConfig, layout: FamilyLayout, start: int, end: int
+) -> PretrainedConfig:
     """A copy of `config` describing only decoder layers [start, end), renumbered from 0."""
     data = config.to_dict()
     data.pop("quantization_config", None)
@@ -55,13 +69,13 @@ def build_span_module(
     span_config.vocab_size = 1
     span_config.pad_token_id = None
     with torch.device("meta"):
-        model: nn.Module = MODEL_MAPPING[type(span_config)](span_config)
+        model: nn.Module = base_model_class(span_config)(span_config)
     layers_attr = layout.layers.split(".")[-1]
     state: dict[str, torch.Tensor] = {}
     for index in range(start, end):
         for name, tensor in layer_tensors[index].items():
             state[f"{layers_attr}.{index - start}.{name}"] = tensor.to(device=device, dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    _missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected:
         raise ValueError(f"unexpected tensors for span [{start}, {end}): {unexpected[:5]}")
     model.norm = nn.Identity()
@@ -85,7 +99,7 @@ def build_head_module(
     """The family's `*ForCausalLM` with no decoder layers: embeddings, final norm, LM head."""
     head_config = cut_config(config, layout, 0, 0)
     with torch.device("meta"):
-        model: nn.Module = MODEL_FOR_CAUSAL_LM_MAPPING[type(head_config)](head_config)
+        model: nn.Module = causal_lm_class(head_config)(head_config)
     state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in head_tensors.items()}
     if getattr(config, "tie_word_embeddings", False) or f"{layout.lm_head}.weight" not in state:
         state[f"{layout.lm_head}.weight"] = state[f"{layout.embed}.weight"]
@@ -95,8 +109,10 @@ def build_head_module(
         if "rotary" in name:  # positions are the spans' business
             setattr(base, name, nn.Identity())
     embed = model.get_submodule(layout.embed)
-    if getattr(embed, "embed_scale", None) is not None and embed.embed_scale.is_meta:
-        embed.embed_scale = torch.tensor(float(embed.scalar_embed_scale), device=device)
+    scale = getattr(embed, "embed_scale", None)
+    if isinstance(scale, torch.Tensor) and scale.is_meta:  # Gemma's scaled embedding
+        real_scale = float(embed.scalar_embed_scale)  # type: ignore[arg-type]
+        embed.embed_scale = torch.tensor(real_scale, device=device)
     left = _meta_tensors(model)
     if left:
         raise ValueError(f"head has tensors with no weights: {left[:5]}")
@@ -117,7 +133,7 @@ def block_param_shapes(config: PretrainedConfig) -> dict[str, torch.Size]:
     one.vocab_size = 1
     one.pad_token_id = None
     with torch.device("meta"):
-        model = MODEL_MAPPING[type(one)](one)
+        model = base_model_class(one)(one)
     layers_attr = layout.layers.split(".")[-1]
     prefix = f"{layers_attr}.0."
     return {k[len(prefix) :]: v for k, v in _param_shapes(model).items() if k.startswith(prefix)}
@@ -127,7 +143,7 @@ def head_param_shapes(config: PretrainedConfig, layout: FamilyLayout) -> dict[st
     """Names and shapes of the head's tensors (the LM head only when untied)."""
     head_config = cut_config(config, layout, 0, 0)
     with torch.device("meta"):
-        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(head_config)](head_config)
+        model = causal_lm_class(head_config)(head_config)
     shapes = _param_shapes(model)
     if getattr(config, "tie_word_embeddings", False):
         shapes.pop(f"{layout.lm_head}.weight", None)

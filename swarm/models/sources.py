@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,10 @@ class GGUFFileSource:
     def _convert(name: str, path: Path, fingerprint: str, target: Path) -> None:
         from transformers import AutoModelForCausalLM
 
-        log.info("converting %s from %s (once; later loads use the converted copy)", name, path)
+        print(
+            f"swarmgate: converting {name} from {path.name} (once; later loads are fast)",
+            file=sys.stderr,
+        )
         started = time.monotonic()
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(

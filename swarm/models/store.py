@@ -134,4 +134,3 @@ def conversion_lock(name: str, fingerprint: str) -> Iterator[Path]:
     target = store_dir(name, fingerprint)
     with _file_lock(target.parent / f".{target.name}.lock"):
         yield target
-
