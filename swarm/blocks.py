@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
@@ -67,6 +68,7 @@ class Span:
         self.start, self.end = start, end
         self.dtype = dtype
         self.device = torch.device(device)
+        self.quant = "none"
         self.hidden_size = int(weights.config.hidden_size)
         self.block_hashes = tuple(weights.block_hash(i) for i in range(start, end))
         tensors = {i: weights.block_tensors(i) for i in range(start, end)}
@@ -114,3 +116,47 @@ class Span:
         cache.batch = batch
         result: torch.Tensor = output.last_hidden_state
         return result
+
+    @torch.inference_mode()
+    def forward_many(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
+        """One decode step of several sessions as one batched forward.
+
+        `hidden[k, 1, h]` holds one new position for each of `k` sessions, each of batch 1 and
+        with a non-empty cache. Caches of different lengths are left-padded into a temporary
+        batch and masked; each session's cache then receives only its own new keys and values.
+        """
+        if hidden.dim() != 3 or hidden.shape[1] != 1 or hidden.shape[0] != len(caches):
+            raise ValueError("forward_many takes hidden[k, 1, h] for k sessions")
+        lengths = [cache.length for cache in caches]
+        if any(cache.batch != 1 for cache in caches) or min(lengths) == 0:
+            raise ValueError("forward_many needs prefilled sessions of batch 1")
+        longest = max(lengths)
+        batched = DynamicCache()
+        for layer_index in range(self.num_blocks):
+            keys, values = [], []
+            for cache, length in zip(caches, lengths, strict=True):
+                layer = cache.kv.layers[layer_index]
+                pad = (0, 0, longest - length, 0)
+                keys.append(F.pad(layer.keys, pad))  # type: ignore[union-attr,arg-type]
+                values.append(F.pad(layer.values, pad))  # type: ignore[union-attr,arg-type]
+            batched.update(torch.cat(keys), torch.cat(values), layer_index)
+        mask = torch.zeros(len(caches), longest + 1, dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        positions = torch.tensor(lengths, device=self.device).unsqueeze(1)
+        output = self.module(
+            inputs_embeds=hidden.to(device=self.device, dtype=self.dtype),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batched,
+            use_cache=True,
+        )
+        for layer_index in range(self.num_blocks):
+            layer = batched.layers[layer_index]
+            new_keys = layer.keys[:, :, -1:, :]  # type: ignore[union-attr,index]
+            new_values = layer.values[:, :, -1:, :]  # type: ignore[union-attr,index]
+            for row, cache in enumerate(caches):
+                cache.kv.update(new_keys[row : row + 1], new_values[row : row + 1], layer_index)
+        result: torch.Tensor = output.last_hidden_state
+        return result
+

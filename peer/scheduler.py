@@ -1,0 +1,158 @@
+"""The step scheduler: decode steps of different sessions that arrive together run as one
+batched forward through the span; everything runs on one compute thread, off the event loop.
+
+While one batch computes, new steps queue up; the next batch takes all of them (continuous
+batching). Steps of one session keep their order. Prefill steps, and sessions of batch > 1,
+run on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from peer.sessions import Session
+from swarm.blocks import Span
+
+
+@dataclass
+class _Step:
+    session: Session | None  # None: a stateless forward
+    hidden: torch.Tensor
+    position: int | None
+    future: asyncio.Future[torch.Tensor]
+
+    @property
+    def batchable(self) -> bool:
+        s = self.session
+        return (
+            s is not None
+            and self.hidden.shape[:2] == (1, 1)
+            and s.cache.batch == 1
+            and s.cache.length > 0
+            and self.position in (None, s.cache.length)
+        )
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    forwards: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+
+
+class StepScheduler:
+    def __init__(self, span: Span, max_batch: int = 64) -> None:
+        self.span = span
+        self.max_batch = max_batch
+        self.stats = SchedulerStats()
+        self._queue: asyncio.Queue[_Step] = asyncio.Queue()
+        self._deferred: list[_Step] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="span")
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue.qsize() + len(self._deferred)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        self._executor.shutdown(wait=True)
+
+    async def step(
+        self, session: Session, hidden: torch.Tensor, position: int | None
+    ) -> torch.Tensor:
+        """Run one step of `session`; returns the span's output hidden states."""
+        return await self._submit(session, hidden, position)
+
+    async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A stateless forward (no cache)."""
+        return await self._submit(None, hidden, None)
+
+    async def _submit(
+        self, session: Session | None, hidden: torch.Tensor, position: int | None
+    ) -> torch.Tensor:
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Step(session, hidden, position, future))
+        return await future
+
+    def _take_batch(self) -> list[_Step]:
+        pending = self._deferred
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        taken: list[_Step] = []
+        seen: set[str] = set()
+        self._deferred = []
+        for item in pending:
+            sid = item.session.session_id if item.session else None
+            if item.future.done() or (sid is not None and sid in seen):
+                if not item.future.done():
+                    self._deferred.append(item)  # a later step of the same session: next round
+                continue
+            if sid is not None:
+                seen.add(sid)
+            if len(taken) < self.max_batch:
+                taken.append(item)
+            else:
+                self._deferred.append(item)
+        return taken
+
+    def _compute(self, items: list[_Step]) -> list[torch.Tensor | BaseException]:
+        """Runs on the compute thread."""
+        results: dict[int, torch.Tensor | BaseException] = {}
+        batch = [i for i, item in enumerate(items) if item.batchable]
+        if len(batch) > 1:
+            hidden = torch.cat([items[i].hidden for i in batch])
+            caches = [items[i].session.cache for i in batch]  # type: ignore[union-attr]
+            try:
+                output = self.span.forward_many(hidden, caches)
+                for row, i in enumerate(batch):
+                    results[i] = output[row : row + 1]
+                self.stats.batch_sizes[len(batch)] += 1
+                self.stats.forwards += 1
+            except Exception as error:
+                for i in batch:
+                    results[i] = error
+        for i, item in enumerate(items):
+            if i in results:
+                continue
+            try:
+                if item.session is None:
+                    results[i] = self.span.forward(item.hidden, self.span.new_cache(), 0)
+                else:
+                    results[i] = self.span.forward(item.hidden, item.session.cache, item.position)
+                self.stats.batch_sizes[1] += 1
+                self.stats.forwards += 1
+            except Exception as error:
+                results[i] = error
+        self.stats.steps += len(items)
+        return [results[i] for i in range(len(items))]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._deferred:
+                first = await self._queue.get()
+                self._deferred.append(first)
+            items = self._take_batch()
+            if not items:
+                continue
+            results = await loop.run_in_executor(self._executor, self._compute, items)
+            for item, result in zip(items, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)

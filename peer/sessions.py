@@ -1,0 +1,88 @@
+"""The sessions a peer holds: one KV cache per session, bounded by the cache budget.
+
+A session lives while a stream is attached to it; after its stream ends it is kept for
+`keep_alive` seconds when the client asked for it (so a later request can reuse its cache),
+otherwise it is freed at once. Idle sessions expire.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from peer.memory import CacheBudget
+from swarm.blocks import Span, SpanCache
+
+
+@dataclass
+class Session:
+    session_id: str
+    cache: SpanCache
+    max_length: int
+    batch: int
+    last_used: float = field(default_factory=time.monotonic)
+    attached: bool = True
+    keep_until: float = 0.0
+    tokens_processed: int = 0
+    steps: int = 0
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+
+class SessionTable:
+    def __init__(self, span: Span, budget: CacheBudget, idle_timeout: float = 300.0) -> None:
+        self.span = span
+        self.budget = budget
+        self.idle_timeout = idle_timeout
+        self.sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def open(self, session_id: str, max_length: int, batch: int) -> Session:
+        """A new session with `batch * max_length` reserved tokens (BudgetExceededError if full)."""
+        if session_id in self.sessions:
+            raise ValueError(f"session {session_id!r} is already open")
+        self.budget.reserve(session_id, batch * max_length)
+        session = Session(session_id, self.span.new_cache(), max_length, batch)
+        self.sessions[session_id] = session
+        return session
+
+    def attach(self, session_id: str) -> Session | None:
+        """Re-attach a kept session (its cache intact), or None if it is gone or in use."""
+        session = self.sessions.get(session_id)
+        if session is None or session.attached:
+            return None
+        session.attached = True
+        session.keep_until = 0.0
+        session.touch()
+        return session
+
+    def detach(self, session_id: str, keep_alive: float) -> None:
+        """The session's stream ended: keep it for `keep_alive` seconds, or free it now."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        if keep_alive > 0:
+            session.attached = False
+            session.keep_until = time.monotonic() + keep_alive
+        else:
+            self.close(session_id)
+
+    def close(self, session_id: str) -> None:
+        if self.sessions.pop(session_id, None) is not None:
+            self.budget.release(session_id)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Free detached sessions past their keep-alive and attached ones idle too long."""
+        now = time.monotonic() if now is None else now
+        gone = [
+            sid
+            for sid, s in self.sessions.items()
+            if (not s.attached and now >= s.keep_until)
+            or (s.attached and now - s.last_used > self.idle_timeout)
+        ]
+        for sid in gone:
+            self.close(sid)
+        return gone
