@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # modules that contribute subcommands, in the order `--help` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("swarm.generate_cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("swarm.generate_cli", "swarm.swarm_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
