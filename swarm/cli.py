@@ -1,7 +1,8 @@
 """The `swarmgate` command line: one entry point, a subcommand per job.
 
-Each subcommand lives in its own module and exposes `register(subparsers)`, which adds its
-parser and sets `func` to a callable taking the parsed namespace and returning an exit code.
+Each subcommand lives in its own module exposing `register(subparsers)`, which adds its parser
+and sets `func` (parsed namespace → exit code). Only the chosen subcommand's module is imported,
+so a peer never pays for the gateway's imports and vice versa.
 """
 
 from __future__ import annotations
@@ -11,20 +12,31 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# modules that contribute subcommands, in the order `--help` lists them
-SUBCOMMAND_MODULES: tuple[str, ...] = ("swarm.generate_cli", "swarm.swarm_cli")
+# subcommand → module that registers it, in the order `--help` lists them
+SUBCOMMANDS: dict[str, str] = {
+    "up": "gateway.up_cli",
+    "peer": "peer.cli",
+    "gateway": "gateway.cli",
+    "swarm": "swarm.swarm_cli",
+    "generate": "swarm.generate_cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swarmgate", description=__doc__)
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swarmgate", description="An OpenAI-compatible gateway to a peer-to-peer swarm."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for name, module_name in SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module_name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    args = build_parser(chosen).parse_args(argv)
     code: int = args.func(args)
     return code
 

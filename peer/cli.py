@@ -1,0 +1,96 @@
+"""`swarmgate peer`: run a peer that serves a span of a model's blocks to the swarm."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from peer.quant import QUANT_MODES
+from peer.server import PeerConfig, PeerServer
+from swarm.logs import setup_logging
+from swarm.models import DEFAULT_MODEL
+
+
+def parse_blocks(text: str) -> tuple[int, int]:
+    start_text, sep, end_text = text.partition(":")
+    try:
+        start, end = int(start_text), int(end_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--blocks takes START:END, not {text!r}") from None
+    if not sep or not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"--blocks takes START:END with START < END, not {text!r}")
+    return start, end
+
+
+async def serve(config: PeerConfig) -> int:
+    server = PeerServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        state = server.state
+        assert state is not None
+        maddrs = server.listen_maddrs
+        print(f"swarmgate peer: serving blocks [{state.start}, {state.end}) of {state.model_name}")
+        for maddr in maddrs:
+            print(f"  listening on {maddr}")
+        ready = {"peer_id": state.peer_id, "maddrs": maddrs, "start": state.start, "end": state.end}
+        print("PEER_READY " + json.dumps(ready), flush=True)
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    config = PeerConfig(
+        model=args.model,
+        blocks=args.blocks,
+        num_blocks=args.num_blocks,
+        bootstrap=args.bootstrap or [],
+        listen=[args.listen],
+        announce=args.announce,
+        device=args.device,
+        dtype=args.dtype,
+        quant=args.quant,
+        cache_tokens=args.cache_tokens,
+        identity=args.identity,
+        rebalance_period=args.rebalance_period,
+        join_jitter=args.join_jitter,
+    )
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        print(f"swarmgate peer: {error}", file=sys.stderr)
+        return 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("peer", help="serve a span of a model's blocks to the swarm")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--blocks", type=parse_blocks, help="serve blocks START:END (end exclusive)")
+    group.add_argument("--num-blocks", type=int, help="serve N blocks where the swarm is weakest")
+    parser.add_argument("--bootstrap", action="append", help="multiaddr of a swarm member")
+    parser.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
+    parser.add_argument("--announce", action="append", help="address to publish (multi-machine)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
+    parser.add_argument("--quant", default="none", choices=list(QUANT_MODES))
+    parser.add_argument("--cache-tokens", type=int, help="KV-cache budget in tokens")
+    parser.add_argument("--identity", type=Path, help="Ed25519 identity file (kept peer id)")
+    parser.add_argument("--rebalance-period", type=float, default=180.0, help="seconds")
+    parser.add_argument("--join-jitter", type=float, default=2.0, help="seconds")
+    parser.add_argument("--log-level", default=None)
+    parser.set_defaults(func=run)

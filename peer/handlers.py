@@ -1,0 +1,204 @@
+"""The peer's protocol handlers: inference sessions, stateless forwards and live status.
+
+Every header field is checked before use; a bad message gets an error frame (and, for a step,
+the session stays usable). Model compute goes through the step scheduler, never on the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from peer.memory import BudgetExceededError
+from peer.scheduler import StepScheduler
+from peer.sessions import Session, SessionTable
+from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
+from swarm.protocol import (
+    check_hidden,
+    field_float,
+    field_int,
+    field_str,
+)
+from swarm.wire import BAD_REQUEST, BUSY, NOT_FOUND, WireError, error_header
+
+log = logging.getLogger("swarmgate.peer")
+
+MAX_BATCH = 64
+MAX_KEEP_ALIVE = 3600.0
+
+
+@dataclass
+class PeerCounters:
+    sessions_opened: int = 0
+    steps: int = 0
+    tokens_in: int = 0  # positions received in steps (prefill + decode + replay)
+    forwards: int = 0
+    busy_refusals: int = 0
+    bad_requests: int = 0
+
+
+@dataclass
+class PeerState:
+    """Everything the handlers share."""
+
+    peer_id: str
+    model_name: str
+    model_hash: str
+    start: int
+    end: int
+    dtype: str
+    quant: str
+    hidden_size: int
+    max_length: int
+    sessions: SessionTable
+    scheduler: StepScheduler
+    counters: PeerCounters = field(default_factory=PeerCounters)
+    throughput_decode: float = 0.0
+    throughput_prefill: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    def info(self) -> dict[str, Any]:
+        budget = self.sessions.budget
+        return {
+            "type": "info",
+            "peer_id": self.peer_id,
+            "model": self.model_name,
+            "model_hash": self.model_hash,
+            "start": self.start,
+            "end": self.end,
+            "dtype": self.dtype,
+            "quant": self.quant,
+            "sessions": len(self.sessions),
+            "session_ids": sorted(self.sessions.sessions)[:256],
+            "cache_tokens_total": budget.total_tokens,
+            "cache_tokens_used": budget.used_tokens,
+            "cache_tokens_free": budget.free_tokens,
+            "queue_len": self.scheduler.queue_length,
+            "throughput_decode": self.throughput_decode,
+            "throughput_prefill": self.throughput_prefill,
+            "uptime": time.time() - self.started,
+            "counters": dict(self.counters.__dict__),
+            "batch_sizes": {str(k): v for k, v in self.scheduler.stats.batch_sizes.items()},
+        }
+
+
+def _out_dtype(hidden: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    return result.to(hidden.dtype).contiguous()
+
+
+async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Session, float]:
+    if header.get("type") != "open":
+        raise WireError(BAD_REQUEST, "the first message of a session must be 'open'")
+    session_id = field_str(header, "session")
+    if header.get("model") != state.model_hash:
+        raise WireError(NOT_FOUND, "this peer does not serve that model")
+    start = field_int(header, "start", 0, 1 << 20)
+    end = field_int(header, "end", 0, 1 << 20)
+    if (start, end) != (state.start, state.end):
+        raise WireError(NOT_FOUND, f"this peer serves blocks [{state.start}, {state.end})")
+    max_length = field_int(header, "max_length", 1, state.max_length)
+    batch = field_int(header, "batch", 1, MAX_BATCH)
+    keep_alive = field_float(header, "keep_alive", 0.0, MAX_KEEP_ALIVE)
+    if header.get("resume"):
+        session = state.sessions.attach(session_id)
+        if session is None:
+            raise WireError(NOT_FOUND, "no such kept session (expired, in use or never opened)")
+        return session, keep_alive
+    try:
+        session = state.sessions.open(session_id, max_length, batch)
+    except BudgetExceededError as error:
+        state.counters.busy_refusals += 1
+        raise WireError(BUSY, str(error)) from None
+    except ValueError as error:
+        raise WireError(BAD_REQUEST, str(error)) from None
+    state.counters.sessions_opened += 1
+    return session, keep_alive
+
+
+async def _run_step(
+    state: PeerState, session: Session, frame_header: dict[str, Any], tensors: list[torch.Tensor]
+) -> tuple[dict[str, Any], torch.Tensor]:
+    seq = field_int(frame_header, "seq", 0, 1 << 62)
+    position = field_int(frame_header, "position", 0, session.max_length)
+    hidden = check_hidden(tensors, state.hidden_size, session.batch)
+    length = session.cache.length
+    if position > length:
+        raise WireError(BAD_REQUEST, f"position {position} is past the cached length {length}")
+    if position + hidden.shape[1] > session.max_length:
+        raise WireError(
+            BAD_REQUEST, f"the step goes past the session's max_length {session.max_length}"
+        )
+    session.touch()
+    result = await state.scheduler.step(session, hidden, position)
+    session.steps += 1
+    session.tokens_processed += hidden.shape[1]
+    state.counters.steps += 1
+    state.counters.tokens_in += hidden.shape[1]
+    reply = {"type": "result", "seq": seq, "length": session.cache.length}
+    return reply, _out_dtype(hidden, result)
+
+
+async def handle_inference(state: PeerState, stream: FrameStream) -> None:
+    frame = await stream.recv()
+    frame.raise_for_error()
+    session, keep_alive = await _open_session(state, frame.header)
+    budget = state.sessions.budget
+    try:
+        await stream.send(
+            {
+                "type": "ok",
+                "session": session.session_id,
+                "length": session.cache.length,
+                "cache_tokens": budget.reservations.get(session.session_id, 0),
+            }
+        )
+        while True:
+            try:
+                frame = await stream.recv()
+            except (StreamClosedError, StreamResetError):
+                break
+            kind = frame.header.get("type")
+            if kind == "close":
+                keep_alive = field_float(frame.header, "keep_alive", keep_alive, MAX_KEEP_ALIVE)
+                break
+            if kind != "step":
+                state.counters.bad_requests += 1
+                await stream.send(error_header(BAD_REQUEST, f"unexpected message type {kind!r}"))
+                continue
+            try:
+                reply, output = await _run_step(state, session, frame.header, frame.tensors)
+            except WireError as error:
+                state.counters.bad_requests += 1
+                await stream.send(error.to_header())
+                continue
+            await stream.send(reply, [output])
+    finally:
+        state.sessions.detach(session.session_id, keep_alive)
+
+
+async def handle_forward(state: PeerState, stream: FrameStream) -> None:
+    frame = await stream.recv()
+    header = frame.header
+    if header.get("type") != "forward":
+        raise WireError(BAD_REQUEST, "expected a 'forward' message")
+    start = field_int(header, "start", 0, 1 << 20)
+    end = field_int(header, "end", 0, 1 << 20)
+    if (start, end) != (state.start, state.end):
+        raise WireError(NOT_FOUND, f"this peer serves blocks [{state.start}, {state.end})")
+    hidden = check_hidden(frame.tensors, state.hidden_size, None)
+    if hidden.shape[0] * hidden.shape[1] > state.max_length:
+        raise WireError(BAD_REQUEST, "too many positions for one forward")
+    result = await state.scheduler.forward(hidden)
+    state.counters.forwards += 1
+    await stream.send({"type": "result"}, [_out_dtype(hidden, result)])
+
+
+async def handle_info(state: PeerState, stream: FrameStream) -> None:
+    frame = await stream.recv()
+    if frame.header.get("type") != "info":
+        raise WireError(BAD_REQUEST, "expected an 'info' message")
+    await stream.send(state.info())

@@ -1,0 +1,69 @@
+"""The peer protocols' ids and message shapes, shared by peers and their clients.
+
+`/swarmgate/inference/1`: one long-lived stream per (session, span).
+    open  {type: open, session, model, start, end, max_length, batch, keep_alive?, resume?}
+      →   {type: ok, session, length, cache_tokens}   (length: positions already cached)
+    step  {type: step, seq, position} + hidden[batch, n, h]
+      →   {type: result, seq, length} + hidden[batch, n, h]
+    close {type: close, keep_alive?}                   (the stream then ends)
+  A step whose position is below the cache length rolls the cache back first.
+`/swarmgate/forward/1`: {type: forward, start, end} + hidden → {type: result} + hidden, no cache.
+`/swarmgate/info/1`: {type: info} → the peer's live status.
+Errors are error frames `{type: error, code, message}` (codes in `swarm.wire`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import torch
+
+from swarm.wire import BAD_REQUEST, WireError
+
+INFERENCE_PROTOCOL: Final = "/swarmgate/inference/1"
+FORWARD_PROTOCOL: Final = "/swarmgate/forward/1"
+INFO_PROTOCOL: Final = "/swarmgate/info/1"
+
+MAX_SESSION_ID: Final = 128
+TRANSPORT_DTYPES: Final = (torch.float32, torch.bfloat16)  # never fp16: Gemma overflows it
+
+
+def field_int(header: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = header.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise WireError(BAD_REQUEST, f"{name!r} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def field_float(header: dict[str, Any], name: str, default: float, hi: float) -> float:
+    value = header.get(name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= hi:
+        raise WireError(BAD_REQUEST, f"{name!r} must be a number in [0, {hi}]")
+    return float(value)
+
+
+def field_str(header: dict[str, Any], name: str, max_len: int = MAX_SESSION_ID) -> str:
+    value = header.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise WireError(BAD_REQUEST, f"{name!r} must be a string of 1..{max_len} characters")
+    return value
+
+
+def check_hidden(tensors: list[torch.Tensor], hidden_size: int, batch: int | None) -> torch.Tensor:
+    """The one hidden-state tensor of a step, checked: [batch, n, hidden], float32/bfloat16."""
+    if len(tensors) != 1:
+        raise WireError(BAD_REQUEST, "a step carries exactly one tensor")
+    hidden = tensors[0]
+    if hidden.dtype not in TRANSPORT_DTYPES:
+        raise WireError(
+            BAD_REQUEST, f"hidden states must be float32 or bfloat16, not {hidden.dtype}"
+        )
+    if hidden.dim() != 3 or hidden.shape[2] != hidden_size or hidden.shape[1] < 1:
+        raise WireError(
+            BAD_REQUEST, f"hidden must be [batch, n, {hidden_size}], got {list(hidden.shape)}"
+        )
+    if batch is not None and hidden.shape[0] != batch:
+        raise WireError(BAD_REQUEST, f"batch {hidden.shape[0]} differs from the session's {batch}")
+    if not torch.isfinite(hidden).all():
+        raise WireError(BAD_REQUEST, "hidden states contain NaN or infinity")
+    return hidden

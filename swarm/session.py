@@ -1,0 +1,201 @@
+"""The client side of an inference session over a chain of peers.
+
+`InferenceSession` holds one `/swarmgate/inference/1` stream per hop of its route and sends
+hidden states through them in order. For each hop it keeps every input it sent (a tensor of all
+positions so far, trimmed on rollback), so when a peer fails mid-generation the session asks its
+`reroute` callback for replacement hops covering the failed hop's blocks, replays that history
+into them to rebuild their caches, and carries on: the caller sees no break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from swarm.p2p import FrameStream, P2PError, P2PNode
+from swarm.protocol import INFERENCE_PROTOCOL
+from swarm.wire import BAD_REQUEST, WireError
+
+log = logging.getLogger("swarmgate.session")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A peer serving blocks [start, end) on this route."""
+
+    peer_id: str
+    start: int
+    end: int
+    addrs: tuple[str, ...] = ()
+
+
+Reroute = Callable[[int, int, frozenset[str]], Awaitable[list[Hop]]]
+
+
+class SessionFailedError(RuntimeError):
+    """No peer could serve some blocks of the route (after every failover attempt)."""
+
+
+@dataclass
+class _Link:
+    hop: Hop
+    stream: FrameStream | None = None
+    inputs: torch.Tensor | None = None  # every input position sent so far: [batch, length, h]
+    seq: int = 0
+
+
+@dataclass
+class InferenceSession:
+    node: P2PNode
+    model_hash: str
+    route: list[Hop]
+    max_length: int
+    batch: int = 1
+    transport_dtype: torch.dtype = torch.float32
+    reroute: Reroute | None = None
+    max_failovers: int = 8
+    keep_alive: float = 0.0
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    length: int = 0
+    failovers: int = 0
+    banned: set[str] = field(default_factory=set)
+    _links: list[_Link] = field(default_factory=list)
+
+    async def open(self) -> None:
+        self._links = [_Link(hop) for hop in self.route]
+        try:
+            await asyncio.gather(*(self._open_link(link) for link in self._links))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_link(self, link: _Link, resume: bool = False) -> None:
+        hop = link.hop
+        stream = await self.node.open_stream(hop.peer_id, INFERENCE_PROTOCOL, list(hop.addrs))
+        try:
+            await stream.send(
+                {
+                    "type": "open",
+                    "session": self.session_id,
+                    "model": self.model_hash,
+                    "start": hop.start,
+                    "end": hop.end,
+                    "max_length": self.max_length,
+                    "batch": self.batch,
+                    "keep_alive": self.keep_alive,
+                    "resume": resume,
+                }
+            )
+            (await stream.recv()).raise_for_error()
+        except BaseException:
+            stream.reset_nowait()
+            raise
+        link.stream = stream
+
+    async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        assert link.stream is not None
+        link.seq += 1
+        await link.stream.send(
+            {"type": "step", "seq": link.seq, "position": position},
+            [hidden.to(self.transport_dtype).contiguous()],
+        )
+        frame = (await link.stream.recv()).raise_for_error()
+        if frame.header.get("seq") != link.seq or len(frame.tensors) != 1:
+            raise WireError("bad_response", "the peer answered out of order")
+        output = frame.tensors[0]
+        if output.shape != hidden.shape:
+            raise WireError("bad_response", f"the peer answered a {list(output.shape)} tensor")
+        return output
+
+    @staticmethod
+    def _remember(link: _Link, hidden: torch.Tensor, position: int) -> None:
+        kept = link.inputs[:, :position] if link.inputs is not None else hidden[:, :0]
+        link.inputs = torch.cat([kept, hidden.to(kept.dtype)], dim=1)
+
+    async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
+        """Send `hidden[batch, n, h]` at `position` (default: the end) through the route."""
+        position = self.length if position is None else position
+        if not 0 <= position <= self.length:
+            raise ValueError(f"position {position} outside [0, {self.length}]")
+        index = 0
+        while index < len(self._links):
+            link = self._links[index]
+            try:
+                output = await self._step_link(link, hidden, position)
+            except (WireError, OSError) as error:
+                if isinstance(error, WireError) and error.code == BAD_REQUEST:
+                    raise  # our own mistake: another peer would refuse it too
+                log.warning(
+                    "hop %s [%d, %d) failed: %s",
+                    link.hop.peer_id[-8:],
+                    link.hop.start,
+                    link.hop.end,
+                    error,
+                )
+                await self._fail_over(index, position)
+                continue  # retry the same blocks through the replacement hops
+            self._remember(link, hidden, position)
+            hidden = output
+            index += 1
+        self.length = position + hidden.shape[1]
+        return hidden
+
+    async def _fail_over(self, index: int, position: int) -> None:
+        """Replace link `index` by hops covering its blocks, rebuilt from its input history."""
+        failed = self._links[index]
+        if failed.stream is not None:
+            failed.stream.reset_nowait()
+        self.banned.add(failed.hop.peer_id)
+        self.failovers += 1
+        if self.reroute is None or self.failovers > self.max_failovers:
+            raise SessionFailedError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
+        hops = await self.reroute(failed.hop.start, failed.hop.end, frozenset(self.banned))
+        if not hops or hops[0].start != failed.hop.start or hops[-1].end != failed.hop.end:
+            raise SessionFailedError(
+                f"no peer can serve blocks [{failed.hop.start}, {failed.hop.end})"
+            )
+        links = [_Link(hop) for hop in hops]
+        history = failed.inputs[:, :position] if failed.inputs is not None else None
+        for link in links:
+            await self._open_link(link)
+            if history is not None and history.shape[1] > 0:
+                replayed = await self._step_link(link, history, 0)
+                self._remember(link, history, 0)
+                history = replayed
+        self._links[index : index + 1] = links
+        self.route = [link.hop for link in self._links]
+
+    async def close(self, keep_alive: float | None = None) -> None:
+        """End every stream; peers keep the caches for `keep_alive` seconds if asked."""
+        keep = self.keep_alive if keep_alive is None else keep_alive
+        for link in self._links:
+            stream, link.stream = link.stream, None
+            if stream is None:
+                continue
+            try:
+                await asyncio.wait_for(stream.send({"type": "close", "keep_alive": keep}), 2.0)
+                await asyncio.wait_for(stream.close(), 2.0)
+            except (P2PError, WireError, OSError, TimeoutError):
+                stream.reset_nowait()
+
+    async def __aenter__(self) -> InferenceSession:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def spans_cover(hops: Sequence[Hop], start: int, end: int) -> bool:
+    """Do `hops` chain exactly from `start` to `end`?"""
+    position = start
+    for hop in hops:
+        if hop.start != position:
+            return False
+        position = hop.end
+    return position == end

@@ -1,0 +1,288 @@
+"""Real peer processes on loopback, driven by a client session (no gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from swarm.head import Head
+from swarm.logs import quiet_third_party_logs
+from swarm.models import Weights, load_weights
+from swarm.models.reference import build_full_model
+from swarm.p2p import P2PNode
+from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL
+from swarm.session import Hop, InferenceSession
+from swarm.wire import WireError
+from tests.procs import Proc, start_peer
+
+pytestmark = pytest.mark.slow
+quiet_third_party_logs()
+T = TypeVar("T")
+QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def weights() -> Weights:
+    return load_weights("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def peers() -> Iterator[list[Proc]]:
+    first = start_peer("--blocks", "0:15", "--cache-tokens", "8192")
+    procs = [first]
+    try:
+        bootstrap = str(first.ready["maddrs"][0])  # type: ignore[index]
+        procs.append(start_peer("--blocks", "15:30", "--cache-tokens", "8192", bootstrap=bootstrap))
+        yield procs
+    finally:
+        codes = [p.stop() for p in procs]
+        assert codes == [0, 0], [p.output[-2000:] for p in procs]
+
+
+def hops(peers: list[Proc]) -> list[Hop]:
+    return [
+        Hop(
+            str(p.ready["peer_id"]),
+            int(p.ready["start"]),
+            int(p.ready["end"]),
+            tuple(p.ready["maddrs"]),
+        )  # type: ignore[arg-type]
+        for p in peers
+    ]
+
+
+async def client(peers: list[Proc]) -> P2PNode:
+    node = P2PNode(dht_mode="client", bootstrap=[str(peers[0].ready["maddrs"][0])])  # type: ignore[index]
+    await node.start()
+    return node
+
+
+async def info(node: P2PNode, proc: Proc) -> dict[str, Any]:
+    frame = await node.request(str(proc.ready["peer_id"]), INFO_PROTOCOL, {"type": "info"})
+    return frame.header
+
+
+def reference_greedy(weights: Weights, prompt: list[int], steps: int) -> list[int]:
+    model = build_full_model(weights)
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, min_new_tokens=steps
+        )
+    return [int(t) for t in out[0, len(prompt) :]]
+
+
+async def swarm_greedy(
+    node: P2PNode, head: Head, weights: Weights, route: list[Hop], prompt: list[int], steps: int
+) -> list[int]:
+    async with InferenceSession(node, weights.model_hash, route, max_length=256) as session:
+        hidden = await session.step(head.embed(torch.tensor([prompt])))
+        tokens = [int(head.logits(hidden)[0, -1].argmax())]
+        while len(tokens) < steps:
+            hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
+            tokens.append(int(head.logits(hidden)[0, -1].argmax()))
+    return tokens
+
+
+def test_greedy_tokens_over_two_peers_equal_the_full_model(
+    peers: list[Proc], weights: Weights
+) -> None:
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 24)
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            got = await swarm_greedy(node, head, weights, hops(peers), prompt, 24)
+            assert got == expected
+            # the sessions are gone from both peers once closed
+            for proc in peers:
+                status = await info(node, proc)
+                assert status["sessions"] == 0 and status["cache_tokens_used"] == 0
+        finally:
+            await node.stop()
+
+    run(main())
+
+
+def test_rollback_over_the_wire(peers: list[Proc], weights: Weights) -> None:
+    head = Head(weights)
+    prompt = head.encode_text("The quick brown fox jumps over the lazy dog. The quick brown")
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            async with InferenceSession(node, weights.model_hash, hops(peers), max_length=128) as s:
+                full = head.logits(await s.step(head.embed(torch.tensor([prompt]))))
+                cut = len(prompt) - 5
+                again = head.logits(
+                    await s.step(head.embed(torch.tensor([prompt[cut:]])), position=cut)
+                )
+                assert s.length == len(prompt)
+                assert float((again[0] - full[0, cut:]).abs().max()) <= 1e-4
+                for proc in peers:
+                    status = await info(node, proc)
+                    assert status["counters"]["tokens_in"] >= len(prompt) + 5
+        finally:
+            await node.stop()
+
+    run(main())
+
+
+def test_full_budget_answers_busy(peers: list[Proc], weights: Weights) -> None:
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            big = InferenceSession(node, weights.model_hash, hops(peers)[:1], max_length=6000)
+            await big.open()
+            try:
+                second = InferenceSession(
+                    node, weights.model_hash, hops(peers)[:1], max_length=6000
+                )
+                with pytest.raises(WireError) as refused:
+                    await second.open()
+                assert refused.value.code == "busy"
+            finally:
+                await big.close()
+            again = InferenceSession(node, weights.model_hash, hops(peers)[:1], max_length=6000)
+            await again.open()  # freed at once by the close
+            await again.close()
+        finally:
+            await node.stop()
+
+    run(main())
+
+
+def test_malformed_messages_get_errors_and_the_peer_keeps_serving(
+    peers: list[Proc], weights: Weights
+) -> None:
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 8)
+    first = peers[0]
+    peer_id = str(first.ready["peer_id"])
+    hidden = torch.zeros(1, 2, weights.config.hidden_size)
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            # a concurrent legitimate session runs while the abuse goes on
+            legit = asyncio.create_task(swarm_greedy(node, head, weights, hops(peers), prompt, 8))
+            stream = await node.open_stream(peer_id, INFERENCE_PROTOCOL)
+            await stream.send({"type": "step", "seq": 1, "position": 0}, [hidden])
+            with pytest.raises(WireError, match="bad_request"):
+                (await stream.recv()).raise_for_error()
+            await stream.reset()
+            stream = await node.open_stream(peer_id, INFERENCE_PROTOCOL)
+            header = {
+                "type": "open",
+                "session": "x" * 20,
+                "model": weights.model_hash,
+                "start": 0,
+                "end": 15,
+                "max_length": 64,
+                "batch": 1,
+            }
+            await stream.send(header)
+            assert (await stream.recv()).header["type"] == "ok"
+            bad_steps: list[tuple[dict[str, Any], list[torch.Tensor]]] = [
+                ({"type": "step", "seq": 1, "position": 0}, [hidden.to(torch.int64)]),
+                ({"type": "step", "seq": 2, "position": 0}, [torch.zeros(1, 2, 7)]),
+                ({"type": "step", "seq": 3, "position": 50}, [hidden]),
+                ({"type": "step", "seq": "x", "position": 0}, [hidden]),
+                (
+                    {"type": "step", "seq": 4, "position": 0},
+                    [torch.full_like(hidden, float("nan"))],
+                ),
+                ({"type": "dance"}, []),
+            ]
+            for bad_header, tensors in bad_steps:
+                await stream.send(bad_header, tensors)
+                reply = await stream.recv()
+                assert reply.header["type"] == "error" and reply.header["code"] == "bad_request", (
+                    reply.header
+                )
+            await stream.send({"type": "step", "seq": 9, "position": 0}, [hidden])
+            assert (await stream.recv()).header["type"] == "result"  # the session still works
+            # an oversized frame: the peer refuses it before allocating, and resets the stream
+            huge = torch.zeros(1, 9000, weights.config.hidden_size)
+            with pytest.raises(WireError):
+                await stream.send({"type": "step", "seq": 10, "position": 0}, [huge])
+                (await stream.recv()).raise_for_error()
+            assert await legit == expected
+            status = await info(node, first)
+            assert status["counters"]["bad_requests"] >= len(bad_steps)
+        finally:
+            await node.stop()
+
+    run(main())
+    assert first.popen.poll() is None
+
+
+def test_four_concurrent_sessions_batch_and_match_alone(
+    peers: list[Proc], weights: Weights
+) -> None:
+    head = Head(weights)
+    questions = ["What is 2+2?", "Say hello.", "Name a fruit.", "What colour is the sky?"]
+    prompts = [head.encode_chat([{"role": "user", "content": q}]) for q in questions]
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            route = hops(peers)
+            alone = [await swarm_greedy(node, head, weights, route, p, 12) for p in prompts]
+            together = await asyncio.gather(
+                *(swarm_greedy(node, head, weights, route, p, 12) for p in prompts)
+            )
+            assert list(together) == alone
+            status = await info(node, peers[1])
+            assert max(int(k) for k in status["batch_sizes"]) > 1, status["batch_sizes"]
+        finally:
+            await node.stop()
+
+    run(main())
+
+
+def test_int8_peer_serves_close_logits(peers: list[Proc], weights: Weights) -> None:
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    bootstrap = str(peers[0].ready["maddrs"][0])  # type: ignore[index]
+    quantized = start_peer(
+        "--blocks", "15:30", "--quant", "int8", "--cache-tokens", "4096", bootstrap=bootstrap
+    )
+
+    async def last_logits(node: P2PNode, route: list[Hop]) -> torch.Tensor:
+        async with InferenceSession(node, weights.model_hash, route, max_length=128) as s:
+            return head.logits(await s.step(head.embed(torch.tensor([prompt]))))[0, -1]
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            exact = await last_logits(node, hops(peers))
+            mixed = await last_logits(node, [hops(peers)[0], *hops([quantized])])
+            status = await info(node, quantized)
+            assert status["quant"] == "int8"
+        finally:
+            await node.stop()
+        kl = F.kl_div(
+            mixed.log_softmax(-1), exact.log_softmax(-1), log_target=True, reduction="sum"
+        )
+        assert 0 < float(kl) < 0.05
+        assert not torch.equal(exact, mixed)
+
+    try:
+        run(main())
+    finally:
+        assert quantized.stop() == 0
