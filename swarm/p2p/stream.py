@@ -42,6 +42,7 @@ CREDITS = 2  # frames read ahead of the consumer
 _ERROR_FRAME_TIMEOUT = 2.0
 _CONTROL_TIMEOUT = 5.0
 WRITE_PIECE = 64 * 1024 - 12  # the payload of one Yamux frame
+READ_AHEAD = 64 * 1024
 
 
 class _RemoteReset(Exception):
@@ -66,13 +67,14 @@ class StreamPump:
         self._credit = trio.Semaphore(CREDITS)
         self._reader_scope = trio.CancelScope()
         self._finished = False
+        self._buffer = bytearray()
         self.reader_done = trio.Event()
 
     def release_credit(self) -> None:
         if not self._finished:
             self._credit.release()
 
-    async def _read_some(self, n: int) -> bytes:
+    async def _read_raw(self, n: int) -> bytes:
         try:
             data: bytes = await self.net_stream.read(n)
         except StreamEOF:
@@ -82,6 +84,18 @@ class StreamPump:
         except StreamReset:
             raise _RemoteReset("stream reset by the remote side") from None
         return data
+
+    async def _read_some(self, n: int) -> bytes:
+        """Up to n bytes. Reads ahead: each libp2p read costs a lot of Python, so a small
+        frame (prefix, header and payload) should take one read, not three."""
+        if not self._buffer:
+            data = await self._read_raw(max(n, READ_AHEAD))
+            if len(data) <= n:
+                return data
+            self._buffer += data
+        chunk = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return chunk
 
     async def read_loop(self) -> None:
         """Read frames until the stream ends; deliver each, then one final error."""
