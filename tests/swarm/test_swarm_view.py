@@ -79,9 +79,3 @@ def test_a_peer_that_died_is_listed_unreachable_and_covers_nothing() -> None:
             assert m.coverage() == [0, 0]
 
     asyncio.run(main())
-
-
-def test_the_swarm_subcommand_is_registered() -> None:
-    import swarm.cli
-
-    assert "swarm.swarm_cli" in swarm.cli.SUBCOMMAND_MODULES
