@@ -40,14 +40,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def as_wire_error(exc: BaseException) -> WireError:
+def _find_wire_error(exc: BaseException) -> WireError | None:
     if isinstance(exc, WireError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for sub in exc.exceptions:
-            if isinstance(sub, WireError):
-                return sub
-    return P2PError(describe(exc))
+            found = _find_wire_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
+def as_wire_error(exc: BaseException) -> WireError:
+    """Our own error if one is inside (trio nests them in groups), else a P2PError text."""
+    return _find_wire_error(exc) or P2PError(describe(exc))
 
 
 class TrioThread:

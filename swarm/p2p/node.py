@@ -191,6 +191,12 @@ class P2PNode:
             self._t_set_handler(host, protocol)
         async with host.run(listen), background_trio_service(dht):
             self._host, self._dht, self._ping = host, dht, ping
+            if listen and not host.get_transport_addrs():
+                # py-libp2p logs a failed bind (port taken, address not local) and carries on
+                with trio.move_on_after(5) as scope:
+                    scope.shield = True
+                    await host.close()
+                raise P2PError(f"could not listen on {', '.join(self.listen)}")
             self.listen_maddrs = [str(a) for a in host.get_addrs()]
             try:
                 yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -16,6 +17,7 @@ import torch
 from swarm.p2p import (
     DialError,
     FrameStream,
+    P2PError,
     P2PNode,
     RequestTimeoutError,
     StreamClosedError,
@@ -277,6 +279,21 @@ def test_stop_leaves_no_threads_or_sockets() -> None:
             await c.ping(b.peer_id)
             assert threading.active_count() == 4
         assert fds() <= before
+
+    run(main())
+    assert threading.active_count() == 1
+
+
+def test_a_port_already_taken_fails_start_cleanly() -> None:
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            node = P2PNode(listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+            with pytest.raises(P2PError, match="could not listen"):
+                await node.start()
+            assert not node.running
 
     run(main())
     assert threading.active_count() == 1
