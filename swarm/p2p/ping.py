@@ -76,7 +76,11 @@ class PingService:
                 raise
             except Exception:
                 await self._drop(peer)
-            return await self._once(peer)
+            try:
+                return await self._once(peer)
+            except BaseException:
+                await self._drop(peer)
+                raise
 
     async def _drop(self, peer: ID) -> None:
         stream = self._streams.pop(peer, None)
