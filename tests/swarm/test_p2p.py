@@ -50,6 +50,14 @@ async def eventually(check: Callable[[], bool], what: str, tries: int = 1000) ->
     raise AssertionError(f"never happened: {what}")
 
 
+async def no_streams_left(node: P2PNode, protocol: str) -> None:
+    for _ in range(500):
+        if protocol not in await node.open_streams():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{protocol} streams left open")
+
+
 async def echo(stream: FrameStream) -> None:
     async for frame in stream:
         await stream.send({"type": "echo", **frame.header}, frame.tensors)
@@ -74,9 +82,9 @@ def test_request_carries_header_and_tensors_both_ways() -> None:
             reply = await b.request(a.peer_id, "/t/echo", {"seq": 3}, [hidden, big])
             assert reply.header == {"type": "echo", "seq": 3}
             assert torch.equal(reply.tensors[0], hidden) and torch.equal(reply.tensors[1], big)
-            await eventually(lambda: True, "")
             # nothing left open on either side after a one-shot request
             assert "/t/echo" not in await b.open_streams()
+            await no_streams_left(a, "/t/echo")
 
     run(main())
 
@@ -153,8 +161,8 @@ def test_cancelled_request_cancels_the_remote_handler() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             await eventually(lambda: "cancelled" in events, "remote handler cancelled")
-            await eventually(lambda: True, "")
-            assert "/t/slow" not in await a.open_streams()
+            await no_streams_left(a, "/t/slow")
+            await no_streams_left(b, "/t/slow")
 
     run(main())
 
@@ -237,7 +245,7 @@ def test_ping_measures_a_round_trip() -> None:
     async def main() -> None:
         async with swarm(2) as (a, b):
             rtts = [await b.ping(a.peer_id) for _ in range(5)]
-            assert all(isinstance(r, float) and 0 < r < 5 for r in rtts)
+            assert all(isinstance(r, float) and r > 0 for r in rtts)
             assert await b.open_streams() == {"/swarmgate/ping/1": 1}  # one kept-open stream
 
     run(main())
