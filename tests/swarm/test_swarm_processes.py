@@ -186,7 +186,7 @@ def test_expired_and_offline_records_disappear_from_the_view(nodes: dict[str, No
     # B stops republishing a short-lived record: gone once it expires
     b.call("stop_announcing", offline=False)
     b.call(
-        "announce", model_hash=MODEL, num_blocks=NUM_BLOCKS, start=0, end=8, ttl=2.0, interval=3600
+        "announce", model_hash=MODEL, num_blocks=NUM_BLOCKS, start=0, end=8, ttl=5.0, interval=3600
     )
     assert peer_in_view(c.call("view", models=[MODEL]), b.peer_id)
     eventually(
