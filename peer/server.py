@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,10 +141,12 @@ class PeerServer:
         if config.blocks is None:
             self._tasks.append(asyncio.create_task(self._rebalance_loop(), name="rebalance"))
 
-    def _bind(self, handler: object) -> object:
+    def _bind(
+        self, handler: Callable[[PeerState, FrameStream], Awaitable[None]]
+    ) -> Callable[[FrameStream], Awaitable[None]]:
         async def bound(stream: FrameStream) -> None:
             assert self.state is not None
-            await handler(self.state, stream)  # type: ignore[operator]
+            await handler(self.state, stream)
 
         return bound
 

@@ -159,4 +159,3 @@ class Span:
                 cache.kv.update(new_keys[row : row + 1], new_values[row : row + 1], layer_index)
         result: torch.Tensor = output.last_hidden_state
         return result
-

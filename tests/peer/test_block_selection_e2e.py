@@ -28,7 +28,9 @@ async def model_view(bootstrap: str, model_hash: str) -> ModelView | None:
         await node.stop()
 
 
-def wait_for(bootstrap: str, model_hash: str, peers: int, complete: bool, timeout: float = 180) -> ModelView:
+def wait_for(
+    bootstrap: str, model_hash: str, peers: int, complete: bool, timeout: float = 180
+) -> ModelView:
     deadline = time.monotonic() + timeout
     view = None
     while time.monotonic() < deadline:
@@ -41,7 +43,16 @@ def wait_for(bootstrap: str, model_hash: str, peers: int, complete: bool, timeou
 
 def test_auto_selection_covers_the_model_and_newcomer_joins_weakest() -> None:
     model_hash = load_weights("smollm2-135m-instruct").model_hash
-    common = ["--num-blocks", "12", "--rebalance-period", "6", "--join-jitter", "3", "--cache-tokens", "2048"]
+    common = [
+        "--num-blocks",
+        "12",
+        "--rebalance-period",
+        "6",
+        "--join-jitter",
+        "3",
+        "--cache-tokens",
+        "2048",
+    ]
     procs: list[Proc] = []
     try:
         procs.append(start_peer(*common))
@@ -49,9 +60,22 @@ def test_auto_selection_covers_the_model_and_newcomer_joins_weakest() -> None:
         procs += [start_peer(*common, bootstrap=bootstrap) for _ in range(2)]
         view = wait_for(bootstrap, model_hash, 3, complete=True)
         assert view.complete and view.coverage() and min(view.coverage()) >= 1
-        served = [ServedSpan(p.peer_id, p.record.start, p.record.end, p.record.throughput_decode) for p in view.peers]
+        served = [
+            ServedSpan(p.peer_id, p.record.start, p.record.end, p.record.throughput_decode)
+            for p in view.peers
+        ]
         before = block_throughputs(30, served)
-        procs.append(start_peer("--num-blocks", "12", "--rebalance-period", "600", "--join-jitter", "0", bootstrap=bootstrap))
+        procs.append(
+            start_peer(
+                "--num-blocks",
+                "12",
+                "--rebalance-period",
+                "600",
+                "--join-jitter",
+                "0",
+                bootstrap=bootstrap,
+            )
+        )
         start, end = int(procs[-1].ready["start"]), int(procs[-1].ready["end"])  # type: ignore[arg-type]
         assert end - start == 12
         assert min(before[start:end]) == pytest.approx(min(before)), (before, start)

@@ -1,0 +1,44 @@
+"""`swarmgate gateway`: the OpenAI-compatible HTTP front door of a swarm."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from gateway.server import GatewayConfig, run_gateway
+from swarm.logs import setup_logging
+from swarm.models import DEFAULT_MODEL
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    config = GatewayConfig(
+        bootstrap=args.bootstrap,
+        host=args.host,
+        port=args.port,
+        models=args.model or [DEFAULT_MODEL],
+        redis_url=args.redis_url,
+        api_keys=[args.api_key] if args.api_key else [],
+    )
+
+    def ready(url: str) -> None:
+        print(f"swarmgate gateway: serving {url}/v1")
+        print("GATEWAY_READY " + json.dumps({"url": url}), flush=True)
+
+    try:
+        return asyncio.run(run_gateway(config, on_ready=ready))
+    except KeyboardInterrupt:
+        return 130
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("gateway", help="serve the OpenAI-compatible API over a swarm")
+    parser.add_argument("--bootstrap", action="append", required=True, help="multiaddr of a peer")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", action="append", help="model to serve (repeatable)")
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--log-level", default=None)
+    parser.set_defaults(func=run)

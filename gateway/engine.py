@@ -1,0 +1,237 @@
+"""The generation engine: prompt ids in, a stream of per-choice text deltas out, over the swarm.
+
+The gateway holds each served model's head (tokenizer, embeddings, norm, LM head); the engine
+routes a chain of peers over all blocks, opens one inference session (batch = n choices),
+prefills, then samples token by token, detokenizes incrementally, applies stop sequences and
+closes the session (also when the consumer goes away: the peers free their caches at once).
+A failed peer is banned and its blocks rerouted and replayed by the session itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gateway.routing import Bans, find_route
+from gateway.sampling import Sampler, SamplingParams
+from gateway.stops import StopMatcher
+from swarm.head import Head
+from swarm.models import Weights
+from swarm.p2p import P2PNode
+from swarm.session import Hop, InferenceSession, SessionFailedError
+from swarm.swarm_view import ModelView, SwarmView
+
+log = logging.getLogger("swarmgate.gateway")
+
+
+class NoRouteError(RuntimeError):
+    """No chain of live peers covers every block of the model right now."""
+
+
+@dataclass
+class ServedModel:
+    """A model the gateway can serve: its name, head and swarm identity."""
+
+    name: str
+    aliases: tuple[str, ...]
+    weights: Weights
+    head: Head
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model_hash(self) -> str:
+        return self.weights.model_hash
+
+    @property
+    def num_blocks(self) -> int:
+        return self.weights.num_blocks
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.weights.config, "max_position_embeddings", 2048))
+
+    @property
+    def chat(self) -> bool:
+        return bool(self.head.chat_template)
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class ChoiceDelta:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class _Choice:
+    index: int
+    sampler: Sampler
+    stops: StopMatcher
+    ids: list[int] = field(default_factory=list)
+    decoded: str = ""
+    done: bool = False
+
+
+class Engine:
+    def __init__(self, node: P2PNode, view: SwarmView, models: Sequence[ServedModel]) -> None:
+        self.node = node
+        self.view = view
+        self.models = list(models)
+        self.bans = Bans()
+        self.failovers = 0
+        self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
+
+    def find_model(self, name: str) -> ServedModel | None:
+        for model in self.models:
+            if name == model.name or name in model.aliases or name == model.model_hash:
+                return model
+        return None
+
+    def model_view(self, model: ServedModel) -> ModelView | None:
+        return self.view.snapshot.models.get(model.model_hash)
+
+    def available(self, model: ServedModel) -> bool:
+        view = self.model_view(model)
+        return view is not None and view.complete
+
+    async def route(
+        self,
+        model: ServedModel,
+        start: int,
+        end: int,
+        exclude: frozenset[str] = frozenset(),
+        cache_tokens: int = 0,
+    ) -> list[Hop]:
+        for attempt in range(2):
+            view = self.model_view(model)
+            peers = view.peers if view else []
+            banned = frozenset(p.peer_id for p in peers if self.bans.banned(p.peer_id))
+            hops = find_route(peers, start, end, exclude | banned, cache_tokens)
+            if hops is None and banned:  # never ban every server of a block
+                hops = find_route(peers, start, end, exclude, cache_tokens)
+            if hops:
+                return hops
+            if attempt == 0:
+                await self.view.refresh([model.model_hash])
+        raise NoRouteError(f"no chain of peers covers blocks [{start}, {end}) of {model.name}")
+
+    async def _run_head(self, fn: object, *args: object) -> torch.Tensor:
+        loop = asyncio.get_running_loop()
+        result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
+        return result
+
+    async def generate(
+        self,
+        model: ServedModel,
+        prompt_ids: list[int],
+        *,
+        n: int,
+        max_tokens: int,
+        stops: Sequence[str],
+        params: SamplingParams,
+        usage: Usage,
+    ) -> AsyncIterator[list[ChoiceDelta]]:
+        """Yield, after each decoding step, the deltas of the choices that changed."""
+        head = model.head
+        usage.prompt_tokens = len(prompt_ids)
+        max_length = len(prompt_ids) + max_tokens
+        hops = await self.route(model, 0, model.num_blocks, cache_tokens=n * max_length)
+
+        async def reroute(start: int, end: int, banned: frozenset[str]) -> list[Hop]:
+            for peer_id in banned:
+                if not self.bans.banned(peer_id):
+                    self.bans.ban(peer_id)
+            self.failovers += 1
+            return await self.route(model, start, end, exclude=banned, cache_tokens=n * max_length)
+
+        session = InferenceSession(
+            self.node, model.model_hash, hops, max_length=max_length, batch=n, reroute=reroute
+        )
+        choices = [_Choice(i, Sampler(params, i), StopMatcher(stops)) for i in range(n)]
+        eos = head.eos_token_ids
+        await session.open()
+        try:
+            inputs = torch.tensor([prompt_ids] * n)
+            hidden = await session.step(await self._run_head(head.embed, inputs))
+            for _step in range(max_tokens):
+                logits = await self._run_head(head.logits, hidden[:, -1:])
+                deltas = [
+                    self._advance(model, choice, logits[choice.index, -1], eos)
+                    for choice in choices
+                    if not choice.done
+                ]
+                usage.completion_tokens += sum(len(d.token_ids) for d in deltas)
+                if all(choice.done for choice in choices):
+                    yield deltas
+                    return
+                yield deltas
+                next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
+                hidden = await session.step(await self._run_head(head.embed, next_ids))
+            final = []
+            for choice in choices:
+                if not choice.done:
+                    choice.done = True
+                    final.append(
+                        ChoiceDelta(choice.index, choice.stops.flush(), finish_reason="length")
+                    )
+            yield final
+        except SessionFailedError as error:
+            raise NoRouteError(str(error)) from error
+        finally:
+            await asyncio.shield(session.close())
+
+    def _advance(
+        self, model: ServedModel, choice: _Choice, logits: torch.Tensor, eos: set[int]
+    ) -> ChoiceDelta:
+        head = model.head
+        sampled = choice.sampler.sample(logits, choice.ids)
+        token = sampled.token_id
+        delta = ChoiceDelta(choice.index, token_ids=[token])
+        if token in eos:
+            choice.ids.append(token)
+            choice.done = True
+            delta.text = choice.stops.flush()
+            delta.finish_reason = "stop"
+            return delta
+        choice.ids.append(token)
+        if choice.sampler.params.logprobs:
+            top = [(head.decode([t]), lp) for t, lp in sampled.top_logprobs]
+            delta.logprobs.append(TokenLogprob(head.decode([token]), sampled.logprob, top))
+        text = head.decode(choice.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return delta
+        new_text, choice.decoded = text[len(choice.decoded) :], text
+        emitted, stopped = choice.stops.feed(new_text)
+        delta.text = emitted
+        if stopped:
+            choice.done = True
+            delta.finish_reason = "stop"
+        return delta
+
+    async def close(self) -> None:
+        self._head_pool.shutdown(wait=False)

@@ -1,0 +1,110 @@
+"""The gateway process: joins the swarm as a DHT client, keeps a live swarm view, serves HTTP.
+
+`run_gateway(config)` loads the head of each configured model, starts the p2p node, refreshes
+the swarm view in the background, and runs the FastAPI app under uvicorn until a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import uvicorn
+
+from gateway.app import create_app
+from gateway.engine import Engine, ServedModel
+from swarm.head import Head
+from swarm.models import load_weights
+from swarm.models.registry import find_entry
+from swarm.p2p import P2PNode
+from swarm.records import register_validators
+from swarm.swarm_view import SwarmView
+
+log = logging.getLogger("swarmgate.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    bootstrap: list[str]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct"])
+    redis_url: str | None = None
+    api_keys: list[str] = field(default_factory=list)
+    refresh_period: float = 3.0
+    max_body_bytes: int = 4 << 20
+
+
+def load_served_model(name: str) -> ServedModel:
+    weights = load_weights(name)
+    entry = find_entry(name)
+    aliases = entry.aliases if entry else ()
+    return ServedModel(weights.name, tuple(aliases), weights, Head(weights))
+
+
+async def _refresh_loop(view: SwarmView, period: float) -> None:
+    while True:
+        try:
+            await view.refresh()
+        except Exception:
+            log.warning("swarm view refresh failed", exc_info=True)
+        await asyncio.sleep(period)
+
+
+async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    models = [await loop.run_in_executor(None, load_served_model, name) for name in config.models]
+    node = P2PNode(dht_mode="client", bootstrap=config.bootstrap)
+    register_validators(node)
+    await node.start()
+    view = SwarmView(node, ping=True)
+    engine = Engine(node, view, models)
+    refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
+    app = create_app(engine, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+    )
+    announcer = asyncio.create_task(_announce_when_ready(server, config, on_ready))
+    try:
+        await server.serve()
+    finally:
+        for task in (announcer, refresher):
+            task.cancel()
+        await asyncio.gather(announcer, refresher, return_exceptions=True)
+        await engine.close()
+        with contextlib.suppress(Exception):
+            await node.stop()
+    return 0
+
+
+async def _announce_when_ready(
+    server: uvicorn.Server, config: GatewayConfig, on_ready: Callable[[str], None] | None
+) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    port = config.port
+    for srv in server.servers:
+        for sock in srv.sockets:
+            port = sock.getsockname()[1]
+    url = f"http://{config.host}:{port}"
+    deadline = time.monotonic() + 600
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{url}/ready")).status_code == 200:
+                    break
+            await asyncio.sleep(0.5)
+    if on_ready is not None:
+        on_ready(url)

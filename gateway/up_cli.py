@@ -1,0 +1,133 @@
+"""`swarmgate up`: a whole local swarm and its gateway on loopback, in one command.
+
+Starts N peer processes that together cover the model (even split, the first one is the
+bootstrap), then the gateway in this process; waits until `/ready`; prints the base URL and a
+curl example. Ctrl-C (or SIGTERM) stops the gateway and then every peer cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.server import GatewayConfig, run_gateway
+from swarm.generate_cli import even_bounds
+from swarm.logs import quiet_third_party_logs, setup_logging
+from swarm.models import DEFAULT_MODEL, load_weights
+
+PEER_READY = "PEER_READY "
+
+
+def _spawn_peer(
+    model: str, start: int, end: int, bootstrap: str | None, extra: list[str], workdir: Path
+) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "swarm.cli",
+        "peer",
+        "--model",
+        model,
+        "--blocks",
+        f"{start}:{end}",
+        *extra,
+    ]
+    if bootstrap:
+        args += ["--bootstrap", bootstrap]
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=None, text=True, cwd=workdir, start_new_session=True
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float = 600.0) -> dict[str, object]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if line.startswith(PEER_READY):
+            ready: dict[str, object] = json.loads(line[len(PEER_READY) :])
+            return ready
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError(f"peer exited before it was ready (code {proc.poll()})")
+
+
+def _stop_peers(peers: list[subprocess.Popen[str]]) -> None:
+    for proc in peers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in peers:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    quiet_third_party_logs()
+    print(f"swarmgate up: preparing {args.model} (first run converts the weights once)", flush=True)
+    weights = load_weights(args.model)
+    bounds = even_bounds(weights.num_blocks, args.peers)
+    peers: list[subprocess.Popen[str]] = []
+    workdir = Path(tempfile.mkdtemp(prefix="swarmgate-up-"))
+    extra = ["--dtype", args.dtype]
+    try:
+        bootstrap: str | None = None
+        print(
+            f"swarmgate up: starting {args.peers} peers: "
+            + ", ".join(f"[{a}, {b})" for a, b in bounds),
+            flush=True,
+        )
+        first = _spawn_peer(args.model, *bounds[0], None, extra, workdir)
+        peers.append(first)
+        ready = _wait_ready(first)
+        bootstrap = str(ready["maddrs"][0])  # type: ignore[index]
+        for start, end in bounds[1:]:
+            peers.append(_spawn_peer(args.model, start, end, bootstrap, extra, workdir))
+        for proc in peers[1:]:
+            _wait_ready(proc)
+        config = GatewayConfig(
+            bootstrap=[bootstrap],
+            host=args.host,
+            port=args.port,
+            models=[args.model],
+            redis_url=args.redis_url,
+            api_keys=[args.api_key] if args.api_key else [],
+        )
+
+        def announce(url: str) -> None:
+            print(f"\nswarmgate is up: {url}/v1  (dashboard-free for now; Ctrl-C stops everything)")
+            print("try:")
+            print(
+                f"  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' "
+                f'-d \'{{"model": "{weights.name}", "stream": true, '
+                '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\''
+            )
+            print("GATEWAY_READY " + json.dumps({"url": url, "model": weights.name}), flush=True)
+
+        return asyncio.run(run_gateway(config, on_ready=announce))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _stop_peers(peers)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("up", help="start a local swarm and the gateway (the main job)")
+    parser.add_argument("--peers", type=int, default=int(os.environ.get("SWARMGATE_PEERS", "2")))
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--log-level", default=None)
+    parser.set_defaults(func=run)
