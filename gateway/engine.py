@@ -21,11 +21,13 @@ import torch
 from gateway.routing import Bans, find_route
 from gateway.sampling import Sampler, SamplingParams
 from gateway.stops import StopMatcher
+from gateway.store import KeptSession, MemoryStore, SessionStore
 from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
-from swarm.session import Hop, InferenceSession, SessionFailedError
+from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
 from swarm.swarm_view import ModelView, SwarmView
+from swarm.wire import WireError
 
 log = logging.getLogger("swarmgate.gateway")
 
@@ -97,13 +99,32 @@ class _Choice:
     done: bool = False
 
 
+@dataclass
+class _Live:
+    """The session of one generation and the token ids its caches hold (batch 1 only)."""
+
+    session: InferenceSession
+    fed: list[int] = field(default_factory=list)
+
+
 class Engine:
-    def __init__(self, node: P2PNode, view: SwarmView, models: Sequence[ServedModel]) -> None:
+    def __init__(
+        self,
+        node: P2PNode,
+        view: SwarmView,
+        models: Sequence[ServedModel],
+        store: SessionStore | None = None,
+        keep_alive: float = 300.0,
+    ) -> None:
         self.node = node
         self.view = view
         self.models = list(models)
+        self.store: SessionStore = store or MemoryStore()
+        self.keep_alive = keep_alive
         self.bans = Bans()
         self.failovers = 0
+        self.prefix_hits = 0
+        self.store_errors = 0
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
 
     def find_model(self, name: str) -> ServedModel | None:
@@ -145,6 +166,71 @@ class Engine:
         result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
         return result
 
+    async def _fresh(self, model: ServedModel, batch: int, max_length: int) -> InferenceSession:
+        hops = await self.route(model, 0, model.num_blocks, cache_tokens=batch * max_length)
+
+        async def reroute(start: int, end: int, banned: frozenset[str]) -> list[Hop]:
+            for peer_id in banned:
+                if not self.bans.banned(peer_id):
+                    self.bans.ban(peer_id)
+            self.failovers += 1
+            return await self.route(
+                model, start, end, exclude=banned, cache_tokens=batch * max_length
+            )
+
+        session = InferenceSession(
+            self.node, model.model_hash, hops, max_length=max_length, batch=batch, reroute=reroute
+        )
+        await session.open()
+        return session
+
+    async def _resume(self, model: ServedModel, prompt: list[int], max_length: int) -> _Live | None:
+        """Re-attach the peer caches of the longest kept prefix of `prompt`, if any."""
+        try:
+            kept = await self.store.take(model.model_hash, prompt)
+        except Exception:
+            self.store_errors += 1
+            log.warning("session store unavailable", exc_info=True)
+            return None
+        if kept is None:
+            return None
+        hops = [Hop(p, s, e, tuple(a)) for p, s, e, a in kept.hops]
+        session = InferenceSession(
+            self.node,
+            model.model_hash,
+            hops,
+            max_length=max_length,
+            session_id=kept.session_id,
+            keep_alive=self.keep_alive,
+        )
+        try:
+            await session.open(resume=True)
+        except (WireError, OSError, SessionFailedError) as error:
+            log.info("kept session %s is gone: %s", kept.session_id[:8], error)
+            return None
+        if session.length != len(kept.token_ids):
+            await session.close(keep_alive=0.0)
+            return None
+        self.prefix_hits += 1
+        return _Live(session, list(kept.token_ids))
+
+    async def _step(self, model: ServedModel, live: _Live, ids: torch.Tensor) -> torch.Tensor:
+        """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed."""
+        head = model.head
+        try:
+            hidden = await live.session.step(await self._run_head(head.embed, ids))
+        except HistoryLostError:
+            max_length = live.session.max_length
+            await live.session.close(keep_alive=0.0)
+            live.session = await self._fresh(model, 1, max_length)
+            replay = torch.tensor([live.fed + ids[0].tolist()])
+            hidden = (await live.session.step(await self._run_head(head.embed, replay)))[
+                :, -ids.shape[1] :
+            ]
+        if ids.shape[0] == 1:
+            live.fed.extend(int(t) for t in ids[0])
+        return hidden
+
     async def generate(
         self,
         model: ServedModel,
@@ -160,24 +246,15 @@ class Engine:
         head = model.head
         usage.prompt_tokens = len(prompt_ids)
         max_length = len(prompt_ids) + max_tokens
-        hops = await self.route(model, 0, model.num_blocks, cache_tokens=n * max_length)
-
-        async def reroute(start: int, end: int, banned: frozenset[str]) -> list[Hop]:
-            for peer_id in banned:
-                if not self.bans.banned(peer_id):
-                    self.bans.ban(peer_id)
-            self.failovers += 1
-            return await self.route(model, start, end, exclude=banned, cache_tokens=n * max_length)
-
-        session = InferenceSession(
-            self.node, model.model_hash, hops, max_length=max_length, batch=n, reroute=reroute
-        )
+        live = await self._resume(model, prompt_ids, max_length) if n == 1 else None
+        if live is None:
+            live = _Live(await self._fresh(model, n, max_length))
         choices = [_Choice(i, Sampler(params, i), StopMatcher(stops)) for i in range(n)]
         eos = head.eos_token_ids
-        await session.open()
+        finished = False
         try:
-            inputs = torch.tensor([prompt_ids] * n)
-            hidden = await session.step(await self._run_head(head.embed, inputs))
+            new_ids = prompt_ids[len(live.fed) :]
+            hidden = await self._step(model, live, torch.tensor([new_ids] * n))
             for _step in range(max_tokens):
                 logits = await self._run_head(head.logits, hidden[:, -1:])
                 deltas = [
@@ -187,11 +264,12 @@ class Engine:
                 ]
                 usage.completion_tokens += sum(len(d.token_ids) for d in deltas)
                 if all(choice.done for choice in choices):
+                    finished = True
                     yield deltas
                     return
                 yield deltas
                 next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
-                hidden = await session.step(await self._run_head(head.embed, next_ids))
+                hidden = await self._step(model, live, next_ids)
             final = []
             for choice in choices:
                 if not choice.done:
@@ -199,11 +277,32 @@ class Engine:
                     final.append(
                         ChoiceDelta(choice.index, choice.stops.flush(), finish_reason="length")
                     )
+            finished = True
             yield final
         except SessionFailedError as error:
             raise NoRouteError(str(error)) from error
         finally:
-            await asyncio.shield(session.close())
+            await asyncio.shield(self._finish(model, live, keep=finished and n == 1))
+
+    async def _finish(self, model: ServedModel, live: _Live, keep: bool) -> None:
+        """Close the session; after a complete turn keep its caches and record the prefix."""
+        session = live.session
+        if not keep:
+            await session.close(keep_alive=0.0)
+            return
+        await session.close(keep_alive=self.keep_alive)
+        kept = KeptSession(
+            model_hash=model.model_hash,
+            session_id=session.session_id,
+            token_ids=tuple(live.fed),
+            hops=tuple((h.peer_id, h.start, h.end, tuple(h.addrs)) for h in session.route),
+            expires=time.time() + self.keep_alive - 5.0,
+        )
+        try:
+            await self.store.put(kept)
+        except Exception:
+            self.store_errors += 1
+            log.warning("could not record a kept session", exc_info=True)
 
     def _advance(
         self, model: ServedModel, choice: _Choice, logits: torch.Tensor, eos: set[int]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.engine import Engine, ServedModel
+from gateway.store import MemoryStore, RedisStore, SessionStore
 from swarm.head import Head
 from swarm.models import load_weights
 from swarm.models.registry import find_entry
@@ -37,6 +39,7 @@ class GatewayConfig:
     redis_url: str | None = None
     api_keys: list[str] = field(default_factory=list)
     refresh_period: float = 3.0
+    keep_alive: float = 300.0  # seconds peers keep a finished turn's caches for reuse
     max_body_bytes: int = 4 << 20
 
 
@@ -63,7 +66,8 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
     register_validators(node)
     await node.start()
     view = SwarmView(node, ping=True)
-    engine = Engine(node, view, models)
+    store: SessionStore = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
+    engine = Engine(node, view, models, store=store, keep_alive=config.keep_alive)
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     app = create_app(engine, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
     server = uvicorn.Server(
@@ -77,6 +81,10 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         )
     )
     announcer = asyncio.create_task(_announce_when_ready(server, config, on_ready))
+    # uvicorn re-raises the signal that stopped it once it has shut down: make that a no-op so
+    # a SIGTERM/SIGINT ends the process through our own clean-up with exit code 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         await server.serve()
     finally:
@@ -84,6 +92,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
             task.cancel()
         await asyncio.gather(announcer, refresher, return_exceptions=True)
         await engine.close()
+        await store.close()
         with contextlib.suppress(Exception):
             await node.stop()
     return 0

@@ -34,6 +34,7 @@ MAX_KEEP_ALIVE = 3600.0
 @dataclass
 class PeerCounters:
     sessions_opened: int = 0
+    sessions_resumed: int = 0
     steps: int = 0
     tokens_in: int = 0  # positions received in steps (prefill + decode + replay)
     forwards: int = 0
@@ -104,10 +105,15 @@ async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessi
     batch = field_int(header, "batch", 1, MAX_BATCH)
     keep_alive = field_float(header, "keep_alive", 0.0, MAX_KEEP_ALIVE)
     if header.get("resume"):
-        session = state.sessions.attach(session_id)
-        if session is None:
+        try:
+            resumed = state.sessions.attach(session_id, max_length)
+        except BudgetExceededError as error:
+            state.counters.busy_refusals += 1
+            raise WireError(BUSY, str(error)) from None
+        if resumed is None:
             raise WireError(NOT_FOUND, "no such kept session (expired, in use or never opened)")
-        return session, keep_alive
+        state.counters.sessions_resumed += 1
+        return resumed, keep_alive
     try:
         session = state.sessions.open(session_id, max_length, batch)
     except BudgetExceededError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from peer.memory import CacheBudget
+from peer.memory import BudgetExceededError, CacheBudget
 from swarm.blocks import Span, SpanCache
 
 
@@ -49,11 +49,22 @@ class SessionTable:
         self.sessions[session_id] = session
         return session
 
-    def attach(self, session_id: str) -> Session | None:
-        """Re-attach a kept session (its cache intact), or None if it is gone or in use."""
+    def attach(self, session_id: str, max_length: int | None = None) -> Session | None:
+        """Re-attach a kept session (its cache intact), or None if it is gone or in use.
+
+        A larger `max_length` grows the session's reservation (BudgetExceededError if full).
+        """
         session = self.sessions.get(session_id)
         if session is None or session.attached:
             return None
+        if max_length is not None and max_length > session.max_length:
+            held = self.budget.release(session_id)
+            try:
+                self.budget.reserve(session_id, session.batch * max_length)
+            except BudgetExceededError:
+                self.budget.reserve(session_id, held)
+                raise
+            session.max_length = max_length
         session.attached = True
         session.keep_until = 0.0
         session.touch()

@@ -41,6 +41,10 @@ class SessionFailedError(RuntimeError):
     """No peer could serve some blocks of the route (after every failover attempt)."""
 
 
+class HistoryLostError(SessionFailedError):
+    """A resumed session lost a peer: the caller must rebuild it from its token ids."""
+
+
 @dataclass
 class _Link:
     hop: Hop
@@ -62,19 +66,26 @@ class InferenceSession:
     keep_alive: float = 0.0
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     length: int = 0
+    resumed_length: int = 0  # positions cached before this session object attached
     failovers: int = 0
     banned: set[str] = field(default_factory=set)
     _links: list[_Link] = field(default_factory=list)
 
-    async def open(self) -> None:
+    async def open(self, resume: bool = False) -> None:
+        """Open a stream to every hop; `resume` re-attaches caches peers kept for this session."""
         self._links = [_Link(hop) for hop in self.route]
         try:
-            await asyncio.gather(*(self._open_link(link) for link in self._links))
+            lengths = await asyncio.gather(*(self._open_link(link, resume) for link in self._links))
         except BaseException:
-            await self.close()
+            await self.close(keep_alive=self.keep_alive if resume else 0.0)
             raise
+        if resume:
+            if len(set(lengths)) != 1:
+                await self.close(keep_alive=0.0)
+                raise SessionFailedError(f"kept caches disagree on their length: {lengths}")
+            self.length = self.resumed_length = lengths[0]
 
-    async def _open_link(self, link: _Link, resume: bool = False) -> None:
+    async def _open_link(self, link: _Link, resume: bool = False) -> int:
         hop = link.hop
         stream = await self.node.open_stream(hop.peer_id, INFERENCE_PROTOCOL, list(hop.addrs))
         try:
@@ -91,11 +102,13 @@ class InferenceSession:
                     "resume": resume,
                 }
             )
-            (await stream.recv()).raise_for_error()
+            reply = (await stream.recv()).raise_for_error()
         except BaseException:
             stream.reset_nowait()
             raise
         link.stream = stream
+        length = reply.header.get("length", 0)
+        return length if isinstance(length, int) else 0
 
     async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
         assert link.stream is not None
@@ -154,6 +167,9 @@ class InferenceSession:
         self.failovers += 1
         if self.reroute is None or self.failovers > self.max_failovers:
             raise SessionFailedError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
+        if self.resumed_length:
+            # the inputs of the kept positions were sent by an earlier request: not replayable
+            raise HistoryLostError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
         hops = await self.reroute(failed.hop.start, failed.hop.end, frozenset(self.banned))
         if not hops or hops[0].start != failed.hop.start or hops[-1].end != failed.hop.end:
             raise SessionFailedError(

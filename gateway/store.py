@@ -1,0 +1,157 @@
+"""The gateway's shared session context: which peer sessions hold the KV caches of which tokens.
+
+After a turn, the gateway leaves the turn's peer sessions alive for a while and records
+`prefix → session`; a later request whose prompt starts with those tokens takes the record and
+re-attaches the caches, sending only its new tokens. Records are keyed by the model and the hash
+of their first tokens; each holds the full token ids, so the longest true prefix wins. Taking a
+record removes it (one request per kept session). `RedisStore` shares records between gateway
+replicas; `MemoryStore` is the embedded default with the same interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("swarmgate.store")
+
+KEY_PREFIX = "sg:"
+BUCKET_TOKENS = 32  # records are bucketed by the hash of their first tokens
+
+
+@dataclass(frozen=True)
+class KeptSession:
+    model_hash: str
+    session_id: str
+    token_ids: tuple[int, ...]  # the positions the peers' caches hold
+    hops: tuple[tuple[str, int, int, tuple[str, ...]], ...]  # (peer id, start, end, addrs)
+    expires: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> KeptSession:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            model_hash=str(data["model_hash"]),
+            session_id=str(data["session_id"]),
+            token_ids=tuple(int(t) for t in data["token_ids"]),
+            hops=tuple((str(p), int(s), int(e), tuple(a)) for p, s, e, a in data["hops"]),
+            expires=float(data["expires"]),
+        )
+
+
+def bucket_key(model_hash: str, token_ids: Sequence[int]) -> str:
+    head = ",".join(str(t) for t in token_ids[:BUCKET_TOKENS])
+    digest = hashlib.sha256(f"{model_hash}|{head}".encode()).hexdigest()[:40]
+    return f"{KEY_PREFIX}prefix:{digest}"
+
+
+def best_match(
+    candidates: Sequence[KeptSession], prompt: Sequence[int], now: float
+) -> list[KeptSession]:
+    """Live records whose tokens are a proper prefix of `prompt`, longest first."""
+    matches = [
+        c
+        for c in candidates
+        if c.expires > now
+        and 0 < len(c.token_ids) < len(prompt)
+        and tuple(prompt[: len(c.token_ids)]) == c.token_ids
+    ]
+    return sorted(matches, key=lambda c: len(c.token_ids), reverse=True)
+
+
+class SessionStore(Protocol):
+    name: str
+
+    async def put(self, kept: KeptSession) -> None: ...
+
+    async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """In-process store: the embedded default when no Redis URL is given."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, dict[str, KeptSession]] = {}
+
+    async def put(self, kept: KeptSession) -> None:
+        if len(kept.token_ids) < BUCKET_TOKENS:
+            return
+        self.buckets.setdefault(bucket_key(kept.model_hash, kept.token_ids), {})[
+            kept.session_id
+        ] = kept
+
+    async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None:
+        bucket = self.buckets.get(bucket_key(model_hash, prompt), {})
+        now = time.time()
+        for stale in [sid for sid, kept in bucket.items() if kept.expires <= now]:
+            del bucket[stale]
+        for match in best_match(list(bucket.values()), prompt, now):
+            return bucket.pop(match.session_id)
+        return None
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.buckets.clear()
+
+
+class RedisStore:
+    """Records in Redis hashes (one per bucket), shared by every gateway on the same Redis."""
+
+    name = "redis"
+
+    def __init__(self, url: str, timeout: float = 1.0) -> None:
+        import redis.asyncio as aioredis
+
+        self.url = url
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+    async def put(self, kept: KeptSession) -> None:
+        if len(kept.token_ids) < BUCKET_TOKENS:
+            return
+        key = bucket_key(kept.model_hash, kept.token_ids)
+        ttl = max(1, int(kept.expires - time.time()))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, kept.session_id, kept.to_json())
+            pipe.expire(key, ttl)
+            await pipe.execute()
+
+    async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None:
+        key = bucket_key(model_hash, prompt)
+        raw = await self.client.hgetall(key)
+        records = []
+        for value in raw.values():
+            try:
+                records.append(KeptSession.from_json(value))
+            except (ValueError, KeyError, TypeError):
+                continue
+        for match in best_match(records, prompt, time.time()):
+            if await self.client.hdel(key, match.session_id):
+                return match  # we removed it: nobody else will take it
+        return None
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

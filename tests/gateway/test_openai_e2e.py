@@ -1,0 +1,187 @@
+"""The real OpenAI SDK, LangChain and curl against `swarmgate up` (real peers, real libp2p)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.procs import Proc, start
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[Proc]:
+    proc = start(["up", "--port", "0", "--peers", "2"], "GATEWAY_READY ")
+    try:
+        yield proc
+    finally:
+        assert proc.stop(timeout=60) == 0, proc.output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def base_url(up: Proc) -> str:
+    return f"{up.ready['url']}/v1"
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+
+
+def test_sync_chat_answers_sensibly(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, temperature=0, max_tokens=40
+    )
+    choice = reply.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    usage = reply.usage
+    assert usage is not None and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert 0 < usage.completion_tokens <= 40
+
+
+def test_streaming_matches_the_non_streaming_reply(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, temperature=0, max_tokens=24
+    )
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_async_client(base_url: str) -> None:
+    async def main() -> str:
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0) as client:
+            reply = await client.chat.completions.create(
+                model="smollm2", messages=QUESTION, temperature=0, max_tokens=16
+            )
+            return reply.choices[0].message.content or ""
+
+    assert "Paris" in asyncio.run(main())
+
+
+def test_n_seed_stop_max_tokens_and_logprobs(client: openai.OpenAI) -> None:
+    ask = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+    }
+    two = client.chat.completions.create(**ask, n=2, temperature=1.0, seed=7, max_tokens=20)  # type: ignore[arg-type]
+    again = client.chat.completions.create(**ask, n=2, temperature=1.0, seed=7, max_tokens=20)  # type: ignore[arg-type]
+    other = client.chat.completions.create(**ask, n=2, temperature=1.0, seed=8, max_tokens=20)  # type: ignore[arg-type]
+    texts = [c.message.content for c in two.choices]
+    assert len(texts) == 2 and [c.index for c in two.choices] == [0, 1]
+    assert texts == [c.message.content for c in again.choices]  # same seed, same output
+    assert texts != [c.message.content for c in other.choices]
+    assert two.usage is not None and two.usage.completion_tokens <= 40
+    short = client.chat.completions.create(**ask, temperature=0, max_tokens=5)  # type: ignore[arg-type]
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 5  # type: ignore[union-attr]
+    free = client.chat.completions.create(**ask, temperature=0, max_tokens=30)  # type: ignore[arg-type]
+    text = free.choices[0].message.content or ""
+    word = text.split()[2]
+    cut = client.chat.completions.create(**ask, temperature=0, max_tokens=30, stop=[word])  # type: ignore[arg-type]
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(word)]
+    probs = client.chat.completions.create(
+        **ask, temperature=0, max_tokens=6, logprobs=True, top_logprobs=3
+    )  # type: ignore[arg-type]
+    content = probs.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 6
+    for item in content:
+        assert item.logprob <= 0 and len(item.top_logprobs) == 3
+        assert item.top_logprobs[0].logprob >= item.top_logprobs[-1].logprob
+        assert item.token == item.top_logprobs[0].token  # greedy picks the most likely
+
+
+def test_completions_and_models(client: openai.OpenAI) -> None:
+    done = client.completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert done.object == "text_completion" and "Paris" in done.choices[0].text
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["smollm2-135m-instruct"]
+    assert client.models.retrieve("smollm2-135m-instruct").id == "smollm2-135m-instruct"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert missing.value.status_code == 404
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=7)
+    assert bad.value.body["param"] == "temperature"  # type: ignore[index]
+
+
+def test_langchain_invoke_and_stream(base_url: str) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=base_url, api_key="x", model="smollm2", temperature=0, max_tokens=24)  # type: ignore[arg-type]
+    answer = llm.invoke("What is the capital of France?")
+    assert "Paris" in str(answer.content)
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("What is the capital of France?"))
+    assert streamed == answer.content
+
+
+def test_curl_streams(base_url: str) -> None:
+    body = json.dumps(
+        {
+            "model": "smollm2",
+            "stream": True,
+            "temperature": 0,
+            "max_tokens": 12,
+            "messages": QUESTION,
+        }
+    )
+    result = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            f"{base_url}/chat/completions",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    events = [
+        line[len("data: ") :] for line in result.stdout.splitlines() if line.startswith("data: ")
+    ]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert "Paris" in text
+
+
+def test_health_ready_and_swarm(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{root}/ready").status_code == 200
+    swarm = httpx.get(f"{base_url}/swarm").json()
+    (model,) = swarm["models"]
+    assert model["complete"] and model["num_blocks"] == 30
+    assert sorted((p["start"], p["end"]) for p in model["peers"]) == [(0, 15), (15, 30)]
