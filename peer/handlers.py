@@ -74,6 +74,8 @@ class PeerState:
             "dtype": self.dtype,
             "quant": self.quant,
             "sessions": len(self.sessions),
+            "sessions_active": sum(1 for x in self.sessions.sessions.values() if x.attached),
+            "sessions_kept": sum(1 for x in self.sessions.sessions.values() if not x.attached),
             "session_ids": sorted(self.sessions.sessions)[:256],
             "cache_tokens_total": budget.total_tokens,
             "cache_tokens_used": budget.used_tokens,
