@@ -1,0 +1,150 @@
+"""Single-stream decode through the whole stack vs. transformers `generate` in one process.
+
+For a short and a ~500-token prompt: time to first token, decode tokens/s and inter-token
+p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), against the same
+model's `generate` in this process with the same number of threads (the baseline, measured in
+the same run). Prints a table; writes JSON to bench-out/decode.json.
+
+    python bench/decode.py [--peers 2 3] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from swarm.head import Head  # noqa: E402
+from swarm.logs import quiet_third_party_logs  # noqa: E402
+from swarm.models import DEFAULT_MODEL, load_weights  # noqa: E402
+from swarm.models.reference import build_full_model  # noqa: E402
+from tests.procs import start  # noqa: E402
+
+SHORT = "What is the capital of France?"
+LONG = "Summarise the following notes in one sentence. " + " ".join(
+    f"Note {i}: the meeting about project {i % 7} moved to room {i % 5}." for i in range(36)
+)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def baseline(prompt_ids: list[int], tokens: int) -> dict[str, float]:
+    weights = load_weights(DEFAULT_MODEL)
+    model = build_full_model(weights)
+    ids = torch.tensor([prompt_ids])
+    stamps: list[float] = []
+
+    class Clock:
+        def put(self, _value: Any) -> None:
+            stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    with torch.inference_mode():
+        model.generate(ids[:, :8], max_new_tokens=2, do_sample=False)  # warm-up
+        started = time.perf_counter()
+        model.generate(
+            ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=Clock()
+        )
+    stamps = stamps[1:]  # the streamer first receives the prompt
+    return summarize(started, stamps)
+
+
+def summarize(started: float, stamps: list[float]) -> dict[str, float]:
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {
+        "ttft_ms": (stamps[0] - started) * 1e3,
+        "tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        "itl_p50_ms": statistics.median(gaps) * 1e3,
+        "itl_p99_ms": percentile(gaps, 0.99) * 1e3,
+        "tokens": len(stamps),
+    }
+
+
+def through_swarm(url: str, prompt: str, tokens: int) -> dict[str, float]:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": prompt}]
+    client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, max_tokens=2, temperature=0
+    )  # type: ignore[arg-type]
+    best: dict[str, float] | None = None
+    for _ in range(2):
+        stamps: list[float] = []
+        started = time.perf_counter()
+        stream = client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=messages,
+            max_tokens=tokens,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
+            logit_bias={"2": -100},  # never stop early: every run decodes exactly `tokens`
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                stamps.append(time.perf_counter())
+        result = summarize(started, stamps)
+        if best is None or result["tok_s"] > best["tok_s"]:
+            best = result
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--peers", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    quiet_third_party_logs()
+    head = Head(load_weights(DEFAULT_MODEL))
+    rows: list[dict[str, Any]] = []
+    for label, prompt in (("short", SHORT), ("500-token", LONG)):
+        ids = head.encode_chat([{"role": "user", "content": prompt}])
+        print(f"[{label}] prompt of {len(ids)} tokens: baseline generate...", flush=True)
+        rows.append(
+            {
+                "setup": "generate (1 process)",
+                "prompt": label,
+                "prompt_tokens": len(ids),
+                **baseline(ids, args.tokens),
+            }
+        )
+    for peers in args.peers:
+        print(f"starting swarmgate up with {peers} peers...", flush=True)
+        proc = start(["up", "--port", "0", "--peers", str(peers)], "GATEWAY_READY ")
+        try:
+            for label, prompt in (("short", SHORT), ("500-token", LONG)):
+                result = through_swarm(str(proc.ready["url"]), prompt, args.tokens)
+                rows.append({"setup": f"swarmgate up, {peers} peers", "prompt": label, **result})
+        finally:
+            proc.stop(timeout=60)
+    base = {r["prompt"]: r for r in rows if r["setup"].startswith("generate")}
+    print(
+        f"\n{'setup':28} {'prompt':10} {'TTFT ms':>8} {'tok/s':>7} {'ITL p50':>8} {'ITL p99':>8} {'tok/s vs generate':>18}"
+    )
+    for r in rows:
+        r["tok_s_ratio"] = r["tok_s"] / base[r["prompt"]]["tok_s"]
+        print(
+            f"{r['setup']:28} {r['prompt']:10} {r['ttft_ms']:>8.1f} {r['tok_s']:>7.1f} {r['itl_p50_ms']:>8.1f} {r['itl_p99_ms']:>8.1f} {r['tok_s_ratio']:>18.2f}"
+        )
+    out = ROOT / "bench-out"
+    out.mkdir(exist_ok=True)
+    (out / "decode.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
