@@ -11,6 +11,7 @@ the same run). Prints a table; writes JSON to bench-out/decode.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -64,7 +65,7 @@ def baseline(prompt_ids: list[int], tokens: int) -> dict[str, float]:
 
 
 def summarize(started: float, stamps: list[float]) -> dict[str, float]:
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return {
         "ttft_ms": (stamps[0] - started) * 1e3,
         "tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
