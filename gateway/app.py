@@ -7,14 +7,15 @@ Every error is in OpenAI's shape (see `gateway.errors`).
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
 from gateway import errors
@@ -45,6 +46,14 @@ def _logprobs_json(delta: ChoiceDelta) -> dict[str, Any] | None:
     }
 
 
+def key_matches(given: bytes, keys: Sequence[bytes]) -> bool:
+    """Constant-time comparison against every configured key (no early exit)."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
 def create_app(
     engine: Engine, api_keys: Sequence[str] = (), max_body_bytes: int = 4 << 20
 ) -> FastAPI:
@@ -56,6 +65,18 @@ def create_app(
     )
     errors.install_error_handlers(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=max_body_bytes)
+    keys = [key.encode() for key in api_keys if key]
+
+    @app.middleware("http")
+    async def require_api_key(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """`/v1/*` needs `Authorization: Bearer <key>` when keys are configured."""
+        if keys and request.url.path.startswith("/v1"):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if not key_matches(given.strip().encode(), keys) or scheme.lower() != "bearer":
+                return errors.authentication_error().to_response()
+        return await call_next(request)
 
     def resolve(name: str) -> ServedModel:
         model = engine.find_model(name)

@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
         models=args.model or [DEFAULT_MODEL],
         redis_url=args.redis_url,
         api_keys=[args.api_key] if args.api_key else [],
+        mixed_precision=args.mixed_precision,
     )
 
     def ready(url: str) -> None:
@@ -40,5 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", action="append", help="model to serve (repeatable)")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="allow chains that mix quantized and unquantized peers",
+    )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

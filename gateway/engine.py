@@ -26,7 +26,7 @@ from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
 from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
-from swarm.swarm_view import ModelView, SwarmView
+from swarm.swarm_view import ModelView, PeerView, SwarmView
 from swarm.wire import WireError
 
 log = logging.getLogger("swarmgate.gateway")
@@ -115,8 +115,10 @@ class Engine:
         models: Sequence[ServedModel],
         store: SessionStore | None = None,
         keep_alive: float = 300.0,
+        mixed_precision: bool = False,
     ) -> None:
         self.node = node
+        self.mixed_precision = mixed_precision
         self.view = view
         self.models = list(models)
         self.store: SessionStore = store or MemoryStore()
@@ -147,19 +149,43 @@ class Engine:
         end: int,
         exclude: frozenset[str] = frozenset(),
         cache_tokens: int = 0,
+        quant: str | None = None,
     ) -> list[Hop]:
+        """The cheapest chain over [start, end) of peers that compute alike.
+
+        Unless `mixed_precision` is on, a chain never mixes quantizations: unquantized peers
+        first, then each quantization on its own (`quant` pins one, for failover).
+        """
         for attempt in range(2):
             view = self.model_view(model)
             peers = view.peers if view else []
             banned = frozenset(p.peer_id for p in peers if self.bans.banned(p.peer_id))
-            hops = find_route(peers, start, end, exclude | banned, cache_tokens)
-            if hops is None and banned:  # never ban every server of a block
-                hops = find_route(peers, start, end, exclude, cache_tokens)
-            if hops:
-                return hops
+            for candidates in self._precision_classes(peers, quant):
+                hops = find_route(candidates, start, end, exclude | banned, cache_tokens)
+                if hops is None and banned:  # never ban every server of a block
+                    hops = find_route(candidates, start, end, exclude, cache_tokens)
+                if hops:
+                    return hops
             if attempt == 0:
                 await self.view.refresh([model.model_hash])
         raise NoRouteError(f"no chain of peers covers blocks [{start}, {end}) of {model.name}")
+
+    def _precision_classes(self, peers: list[PeerView], quant: str | None) -> list[list[PeerView]]:
+        if self.mixed_precision:
+            return [peers]
+        kinds = sorted({p.record.quant for p in peers}, key=lambda q: (q != "none", q))
+        if quant is not None:
+            kinds = [quant]
+        return [[p for p in peers if p.record.quant == kind] for kind in kinds]
+
+    def quant_of(self, model: ServedModel, hops: Sequence[Hop]) -> str | None:
+        view = self.model_view(model)
+        quants = {
+            p.record.quant
+            for p in (view.peers if view else [])
+            if p.peer_id in {h.peer_id for h in hops}
+        }
+        return quants.pop() if len(quants) == 1 else None
 
     async def _run_head(self, fn: object, *args: object) -> torch.Tensor:
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ class GatewayConfig:
     api_keys: list[str] = field(default_factory=list)
     refresh_period: float = 3.0
     keep_alive: float = 300.0  # seconds peers keep a finished turn's caches for reuse
+    mixed_precision: bool = False  # chain peers of different quantizations together
     max_body_bytes: int = 4 << 20
 
 
@@ -67,7 +68,14 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
     await node.start()
     view = SwarmView(node, ping=True)
     store: SessionStore = RedisStore(config.redis_url) if config.redis_url else MemoryStore()
-    engine = Engine(node, view, models, store=store, keep_alive=config.keep_alive)
+    engine = Engine(
+        node,
+        view,
+        models,
+        store=store,
+        keep_alive=config.keep_alive,
+        mixed_precision=config.mixed_precision,
+    )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     app = create_app(engine, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
     server = uvicorn.Server(

@@ -181,7 +181,7 @@ class PeerServer:
         log.info("loading blocks [%d, %d) of %s", start, end, weights.name)
 
         def build() -> Span:
-            span = Span(weights, start, end, dtype=self.dtype, device=self.device)
+            span = Span(weights, start, end, dtype=self.dtype, device=self.device, progress=True)
             if config.quant != "none":
                 quantize_linears(span.module, config.quant, self.dtype)  # type: ignore[arg-type]
                 span.quant = config.quant

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 from transformers import DynamicCache
 
 from swarm.models.skeleton import build_span_module
@@ -62,6 +63,7 @@ class Span:
         end: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        progress: bool = False,
     ) -> None:
         if not 0 <= start < end <= weights.num_blocks:
             raise ValueError(f"span [{start}, {end}) outside the model's [0, {weights.num_blocks})")
@@ -71,7 +73,10 @@ class Span:
         self.quant = "none"
         self.hidden_size = int(weights.config.hidden_size)
         self.block_hashes = tuple(weights.block_hash(i) for i in range(start, end))
-        tensors = {i: weights.block_tensors(i) for i in range(start, end)}
+        indices = range(start, end)
+        if progress:
+            indices = tqdm(indices, desc=f"loading blocks [{start}, {end})", unit="block")
+        tensors = {i: weights.block_tensors(i) for i in indices}
         self.module: nn.Module = build_span_module(
             weights.config, weights.layout, start, end, tensors, dtype, self.device
         )

@@ -192,3 +192,15 @@ def test_sigkill_of_a_serving_peer_mid_stream_keeps_the_stream_exact(
     assert "".join(pieces) == expected_text
     # bring a replacement spare back for the next round
     swarm.second = [p for p in swarm.second if p is not killed] + [swarm.add("15:30")]
+
+
+def test_api_key_is_enforced_end_to_end(swarm: Swarm) -> None:
+    gateway = swarm.gateway("--api-key", "sk-test-123")
+    url = f"{gateway.ready['url']}/v1"
+    wrong = openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        wrong.models.list()
+    assert refused.value.status_code == 401
+    right = openai.OpenAI(base_url=url, api_key="sk-test-123", max_retries=0)
+    assert [m.id for m in right.models.list().data] == ["smollm2-135m-instruct"]
+    assert httpx.get(f"{gateway.ready['url']}/health").status_code == 200
