@@ -10,7 +10,6 @@ would uncover a block nobody else serves.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,17 +34,28 @@ def bottleneck(num_blocks: int, spans: Sequence[ServedSpan]) -> float:
     return min(block_throughputs(num_blocks, spans), default=0.0)
 
 
-def choose_start(
-    num_blocks: int, spans: Sequence[ServedSpan], length: int, rng: random.Random | None = None
-) -> int:
-    """Start of the weakest window of `length` blocks; ties are broken at random."""
+def choose_start(num_blocks: int, spans: Sequence[ServedSpan], length: int) -> int:
+    """Start of the weakest window of `length` blocks.
+
+    Ties (e.g. several windows of uncovered blocks) go to a window that touches existing
+    coverage, or the model's first block, so that spans tile the model without leaving
+    holes too short for anybody's window; then to the lowest start.
+    """
     if not 1 <= length <= num_blocks:
         raise ValueError(f"cannot place {length} blocks in a model of {num_blocks}")
     totals = block_throughputs(num_blocks, spans)
     keys = [sorted(totals[s : s + length]) for s in range(num_blocks - length + 1)]
     best = min(keys)
     candidates = [s for s, key in enumerate(keys) if key == best]
-    return (rng or random).choice(candidates)
+
+    def touches(start: int) -> bool:
+        end = start + length
+        left = start == 0 or totals[start - 1] > 0
+        right = end == num_blocks or totals[end] > 0
+        return left or right
+
+    touching = [s for s in candidates if touches(s)]
+    return (touching or candidates)[0]
 
 
 def uncovered_without(num_blocks: int, spans: Sequence[ServedSpan], peer_id: str) -> bool:
@@ -76,7 +86,7 @@ def better_start(
     others = [s for s in spans if s.peer_id != peer_id]
     current = bottleneck(num_blocks, spans)
     length = mine.end - mine.start
-    start = choose_start(num_blocks, others, length, random.Random(peer_id))
+    start = choose_start(num_blocks, others, length)
     if start == mine.start:
         return None
     moved = [*others, ServedSpan(peer_id, start, start + length, mine.throughput)]

@@ -157,6 +157,11 @@ class PeerServer:
         length = min(config.num_blocks or weights.num_blocks, weights.num_blocks)
         await asyncio.sleep(random.uniform(0, config.join_jitter))
         served = await self._served_spans(weights.model_hash)
+        for _ in range(10):  # joining a swarm that shows nothing yet: let the DHT catch up
+            if served or not config.bootstrap:
+                break
+            await asyncio.sleep(1.0)
+            served = await self._served_spans(weights.model_hash)
         start = choose_start(weights.num_blocks, served, length)
         return start, start + length
 

@@ -199,12 +199,7 @@ class RandomSource:
         fields = dict(RANDOM_SHAPES[self.shape])
         model_type = str(fields.pop("model_type"))
         config = AutoConfig.for_model(model_type, **fields)
-        tokenizer_source = None
-        if self.tokenizer_model is not None:
-            from swarm.models.registry import load_weights
-
-            tokenizer_source = load_weights(self.tokenizer_model)
-        return RandomWeights(name, config, self.seed, tokenizer_source)
+        return RandomWeights(name, config, self.seed, self.tokenizer_model)
 
 
 def describe(source: ModelSource) -> str:

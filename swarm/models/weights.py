@@ -160,7 +160,7 @@ class RandomWeights:
     name: str
     config: PretrainedConfig
     seed: int
-    tokenizer_source: Weights | None = None
+    tokenizer_model: str | None = None  # a registry model whose tokenizer this one borrows
     layout: FamilyLayout = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +216,13 @@ class RandomWeights:
         return hash_model(config_essentials(self.config), self.head_hash, blocks)
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        if self.tokenizer_source is None:
+        """The borrowed tokenizer, loaded on first use (peers never need it)."""
+        if self.tokenizer_model is None:
             raise RuntimeError(f"{self.name} has no tokenizer")
-        return self.tokenizer_source.tokenizer()
+        from swarm.models.registry import load_weights
+
+        try:
+            return load_weights(self.tokenizer_model).tokenizer()
+        except (FileNotFoundError, ImportError) as error:
+            missing = f"{self.name}: the tokenizer of {self.tokenizer_model} is missing"
+            raise RuntimeError(missing) from error

@@ -20,7 +20,14 @@ async def nothing() -> AsyncIterator[None]:
     yield
 
 
+def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
+    """Threads started since `before` that are still alive (other tests' threads don't count)."""
+    return {t for t in threading.enumerate() if t not in before and t.is_alive()}
+
+
 def test_results_and_errors_cross_the_thread_boundary() -> None:
+    threads_before = set(threading.enumerate())
+
     async def main() -> None:
         bridge = TrioThread("test-bridge")
         await bridge.start(nothing)
@@ -48,7 +55,7 @@ def test_results_and_errors_cross_the_thread_boundary() -> None:
             await bridge.call(where)
 
     asyncio.run(main())
-    assert threading.active_count() == 1
+    assert new_threads(threads_before) == set()
 
 
 def test_cancelling_the_asyncio_awaiter_cancels_the_trio_task() -> None:
@@ -82,6 +89,8 @@ def test_cancelling_the_asyncio_awaiter_cancels_the_trio_task() -> None:
 
 
 def test_stop_cancels_pending_calls() -> None:
+    threads_before = set(threading.enumerate())
+
     async def main() -> None:
         bridge = TrioThread("test-bridge")
         await bridge.start(nothing)
@@ -92,4 +101,4 @@ def test_stop_cancels_pending_calls() -> None:
             await task
 
     asyncio.run(main())
-    assert threading.active_count() == 1
+    assert new_threads(threads_before) == set()

@@ -26,6 +26,11 @@ from swarm.p2p import (
 from swarm.wire import TOO_LARGE, WireError, WireLimits
 
 
+def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
+    """Threads started since `before` that are still alive (other tests' threads don't count)."""
+    return {t for t in threading.enumerate() if t not in before and t.is_alive()}
+
+
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -279,20 +284,24 @@ def fds() -> set[str]:
 
 
 def test_stop_leaves_no_threads_or_sockets() -> None:
+    threads_before = set(threading.enumerate())
+
     async def main() -> None:
         before = fds()
         async with swarm(3) as (a, b, c):
             await a.serve("/t/echo", echo)
             await b.request(a.peer_id, "/t/echo", {})
             await c.ping(b.peer_id)
-            assert threading.active_count() == 4
+            assert len(new_threads(threads_before)) == 3  # one trio thread per node
         assert fds() <= before
 
     run(main())
-    assert threading.active_count() == 1
+    assert new_threads(threads_before) == set()
 
 
 def test_a_port_already_taken_fails_start_cleanly() -> None:
+    threads_before = set(threading.enumerate())
+
     async def main() -> None:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
@@ -304,4 +313,4 @@ def test_a_port_already_taken_fails_start_cleanly() -> None:
             assert not node.running
 
     run(main())
-    assert threading.active_count() == 1
+    assert new_threads(threads_before) == set()
