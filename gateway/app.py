@@ -7,8 +7,6 @@ Every error is in OpenAI's shape (see `gateway.errors`).
 
 from __future__ import annotations
 
-import hmac
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,42 +18,28 @@ from sse_starlette.sse import EventSourceResponse
 
 from gateway import errors
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
+from gateway.keys import KeyGuard, KeyInfo
+from gateway.responses import (
+    FINGERPRINT,
+    Collected,
+    chat_logprobs,
+    completion_logprobs,
+    sse_events,
+    started,
+    usage_json,
+)
 from gateway.sampling import SamplingParams
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
-FINGERPRINT = "swarmgate-0.1.0"
 DEFAULT_MAX_TOKENS = 2048
 RETRY_AFTER = 5
 
 
-def _logprobs_json(delta: ChoiceDelta) -> dict[str, Any] | None:
-    if not delta.logprobs:
-        return None
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.token.encode()),
-                "top_logprobs": [
-                    {"token": t, "logprob": p, "bytes": list(t.encode())} for t, p in lp.top
-                ],
-            }
-            for lp in delta.logprobs
-        ]
-    }
-
-
-def key_matches(given: bytes, keys: Sequence[bytes]) -> bool:
-    """Constant-time comparison against every configured key (no early exit)."""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    return matched
-
-
 def create_app(
-    engine: Engine, api_keys: Sequence[str] = (), max_body_bytes: int = 4 << 20
+    engine: Engine,
+    api_keys: Sequence[str] = (),
+    max_body_bytes: int = 4 << 20,
+    guard: KeyGuard | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="swarmgate",
@@ -65,18 +49,32 @@ def create_app(
     )
     errors.install_error_handlers(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=max_body_bytes)
-    keys = [key.encode() for key in api_keys if key]
+    guard = guard or KeyGuard(static_keys=list(api_keys))
 
     @app.middleware("http")
     async def require_api_key(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         """`/v1/*` needs `Authorization: Bearer <key>` when keys are configured."""
-        if keys and request.url.path.startswith("/v1"):
+        request.state.key = None
+        if request.url.path.startswith("/v1") and await guard.required():
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if not key_matches(given.strip().encode(), keys) or scheme.lower() != "bearer":
+            info = await guard.lookup(given.strip()) if scheme.lower() == "bearer" else None
+            if info is None:
                 return errors.authentication_error().to_response()
+            request.state.key = info
         return await call_next(request)
+
+    async def admit(request: Request, tokens: int) -> None:
+        """Count the request against its key's per-minute limits (429 when over)."""
+        info: KeyInfo | None = request.state.key
+        if info is None:
+            return
+        decision = await guard.admit(info, tokens)
+        if not decision.allowed:
+            raise errors.rate_limited(
+                decision.retry_after, f"Rate limit reached: {decision.reason}."
+            )
 
     def resolve(name: str) -> ServedModel:
         model = engine.find_model(name)
@@ -113,9 +111,19 @@ def create_app(
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        """200 when the default model is fully covered; also reports the session store."""
         default = engine.models[0]
         ok = engine.available(default)
-        body = {"status": "ready" if ok else "not_ready", "model": default.name}
+        store_ok = await engine.store.healthy()
+        body = {
+            "status": "ready" if ok else "not_ready",
+            "model": default.name,
+            "store": engine.store.name,
+            "store_ok": store_ok,
+            "degraded": []
+            if store_ok
+            else [f"{engine.store.name} store unreachable: no prefix reuse, per-process limits"],
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
@@ -175,6 +183,7 @@ def create_app(
             )
         prompt = model.head.encode_chat(body.template_messages())
         max_tokens = budget(model, prompt, body.effective_max_tokens(), "max_tokens")
+        await admit(request, (len(prompt) + max_tokens) * (body.n or 1))
         stop = body.stop_list()
         params = SamplingParams.from_request(body)
         params.check_vocab(model.head.vocab_size)
@@ -182,28 +191,41 @@ def create_app(
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         usage = Usage()
+        source = run_choices(model, prompt, n, max_tokens, stop, params, usage)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _chat_chunks(
-                run_choices(model, prompt, n, max_tokens, stop, params, usage),
-                completion_id,
-                created,
-                model.name,
-                n,
-                usage,
-                include_usage,
-            )
-            return EventSourceResponse(chunks, sep="\n", ping=15)
-        texts = [""] * n
-        finish: list[str | None] = [None] * n
-        logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        async for deltas in run_choices(model, prompt, n, max_tokens, stop, params, usage):
-            for delta in deltas:
-                texts[delta.index] += delta.text
-                finish[delta.index] = delta.finish_reason or finish[delta.index]
-                lp = _logprobs_json(delta)
-                if lp:
-                    logprobs[delta.index].extend(lp["content"])
+            # start generating before answering: a swarm that cannot serve gets a real 503
+            first = await started(source)
+
+            def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:
+                return {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model.name,
+                    "system_fingerprint": FINGERPRINT,
+                    "choices": choices,
+                }
+
+            def chunk_choice(delta: ChoiceDelta) -> dict[str, Any]:
+                return {
+                    "index": delta.index,
+                    "delta": {"content": delta.text} if delta.text else {},
+                    "logprobs": chat_logprobs(delta.logprobs) if delta.logprobs else None,
+                    "finish_reason": delta.finish_reason,
+                }
+
+            opening = [
+                {
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                for i in range(n)
+            ]
+            events = sse_events(first, chunk_body, chunk_choice, usage, body.include_usage, opening)
+            return EventSourceResponse(events, sep="\n", ping=15)
+        done = await Collected.of(source, n)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -213,13 +235,13 @@ def create_app(
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": texts[i], "refusal": None},
-                    "logprobs": {"content": logprobs[i]} if params.logprobs else None,
-                    "finish_reason": finish[i] or "length",
+                    "message": {"role": "assistant", "content": done.texts[i], "refusal": None},
+                    "logprobs": chat_logprobs(done.logprobs[i]) if params.logprobs else None,
+                    "finish_reason": done.finish[i] or "length",
                 }
                 for i in range(n)
             ],
-            "usage": _usage_json(usage),
+            "usage": usage_json(usage),
         }
 
     @app.post("/v1/completions", response_model=None)
@@ -238,37 +260,54 @@ def create_app(
         limits = [
             budget(model, ids, body.effective_max_tokens(16), "max_tokens") for ids in encoded
         ]
+        await admit(
+            request, sum(len(ids) + limit for ids, limit in zip(encoded, limits, strict=True)) * n
+        )
         if body.stream:
             usage = Usage()
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _completion_chunks(
-                run_choices(model, encoded[0], n, limits[0], stop, params, usage),
-                completion_id,
-                created,
-                model.name,
-                usage,
-                include_usage,
-            )
-            return EventSourceResponse(chunks, sep="\n", ping=15)
+            first = await started(run_choices(model, encoded[0], n, limits[0], stop, params, usage))
+            offsets = [0] * n
+
+            def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:
+                return {
+                    "id": completion_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model.name,
+                    "system_fingerprint": FINGERPRINT,
+                    "choices": choices,
+                }
+
+            def chunk_choice(delta: ChoiceDelta) -> dict[str, Any]:
+                logprobs = None
+                if params.logprobs:
+                    logprobs = completion_logprobs(delta.logprobs, offsets[delta.index])
+                    offsets[delta.index] += len(delta.text)
+                return {
+                    "text": delta.text,
+                    "index": delta.index,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
+
+            events = sse_events(first, chunk_body, chunk_choice, usage, body.include_usage)
+            return EventSourceResponse(events, sep="\n", ping=15)
         choices: list[dict[str, Any]] = []
         total = Usage()
         for p_index, (ids, limit) in enumerate(zip(encoded, limits, strict=True)):
             usage = Usage()
-            texts = [""] * n
-            finish: list[str | None] = [None] * n
-            async for deltas in run_choices(model, ids, n, limit, stop, params, usage):
-                for delta in deltas:
-                    texts[delta.index] += delta.text
-                    finish[delta.index] = delta.finish_reason or finish[delta.index]
+            done = await Collected.of(run_choices(model, ids, n, limit, stop, params, usage), n)
             total.prompt_tokens += usage.prompt_tokens
             total.completion_tokens += usage.completion_tokens
             for i in range(n):
                 choices.append(
                     {
-                        "text": texts[i],
+                        "text": done.texts[i],
                         "index": p_index * n + i,
-                        "logprobs": None,
-                        "finish_reason": finish[i] or "length",
+                        "logprobs": completion_logprobs(done.logprobs[i])
+                        if params.logprobs
+                        else None,
+                        "finish_reason": done.finish[i] or "length",
                     }
                 )
         return {
@@ -278,121 +317,7 @@ def create_app(
             "model": model.name,
             "system_fingerprint": FINGERPRINT,
             "choices": choices,
-            "usage": _usage_json(total),
+            "usage": usage_json(total),
         }
 
     return app
-
-
-def _usage_json(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def _error_event(error: Exception) -> dict[str, str]:
-    body = error.body() if isinstance(error, errors.APIError) else errors.internal_error().body()
-    return {"data": json.dumps(body)}
-
-
-async def _chat_chunks(
-    source: AsyncIterator[list[ChoiceDelta]],
-    completion_id: str,
-    created: int,
-    model: str,
-    n: int,
-    usage: Usage,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, str]]:
-    def chunk(
-        choices: list[dict[str, Any]], usage_json: dict[str, int] | None = None
-    ) -> dict[str, str]:
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        }
-        if include_usage:
-            body["usage"] = usage_json
-        return {"data": json.dumps(body)}
-
-    try:
-        yield chunk(
-            [
-                {
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-                for i in range(n)
-            ]
-        )
-        async for deltas in source:
-            for delta in deltas:
-                if not delta.text and not delta.finish_reason:
-                    continue
-                content = {"content": delta.text} if delta.text else {}
-                yield chunk(
-                    [
-                        {
-                            "index": delta.index,
-                            "delta": content,
-                            "logprobs": _logprobs_json(delta),
-                            "finish_reason": delta.finish_reason,
-                        }
-                    ]
-                )
-        if include_usage:
-            yield chunk([], _usage_json(usage))
-    except Exception as error:
-        yield _error_event(error)
-    yield {"data": "[DONE]"}
-
-
-async def _completion_chunks(
-    source: AsyncIterator[list[ChoiceDelta]],
-    completion_id: str,
-    created: int,
-    model: str,
-    usage: Usage,
-    include_usage: bool,
-) -> AsyncIterator[dict[str, str]]:
-    def chunk(
-        choices: list[dict[str, Any]], usage_json: dict[str, int] | None = None
-    ) -> dict[str, str]:
-        body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-        }
-        if include_usage:
-            body["usage"] = usage_json
-        return {"data": json.dumps(body)}
-
-    try:
-        async for deltas in source:
-            for delta in deltas:
-                if delta.text or delta.finish_reason:
-                    yield chunk(
-                        [
-                            {
-                                "text": delta.text,
-                                "index": delta.index,
-                                "logprobs": None,
-                                "finish_reason": delta.finish_reason,
-                            }
-                        ]
-                    )
-        if include_usage:
-            yield chunk([], _usage_json(usage))
-    except Exception as error:
-        yield _error_event(error)
-    yield {"data": "[DONE]"}

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         api_keys=[args.api_key] if args.api_key else [],
         mixed_precision=args.mixed_precision,
+        queue_timeout=args.queue_timeout,
+        max_queued=args.max_queued,
     )
 
     def ready(url: str) -> None:
@@ -46,5 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow chains that mix quantized and unquantized peers",
     )
+    parser.add_argument(
+        "--queue-timeout", type=float, default=10.0, help="seconds to wait for cache space"
+    )
+    parser.add_argument("--max-queued", type=int, default=64, help="requests waiting at most")
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

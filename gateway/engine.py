@@ -27,13 +27,21 @@ from swarm.models import Weights
 from swarm.p2p import P2PNode
 from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
 from swarm.swarm_view import ModelView, PeerView, SwarmView
-from swarm.wire import WireError
+from swarm.wire import BUSY, WireError
 
 log = logging.getLogger("swarmgate.gateway")
 
 
 class NoRouteError(RuntimeError):
     """No chain of live peers covers every block of the model right now."""
+
+
+class OverloadedError(NoRouteError):
+    """The swarm's caches are full: the request waited its turn and gave up (503)."""
+
+
+ADMISSION_POLL = 0.25  # seconds between attempts while every candidate peer is busy
+MAX_OPEN_FAILURES = 4  # peers that fail to open a session before the request gets a 503
 
 
 @dataclass
@@ -116,9 +124,14 @@ class Engine:
         store: SessionStore | None = None,
         keep_alive: float = 300.0,
         mixed_precision: bool = False,
+        max_waiting: int = 64,
+        max_wait: float = 10.0,
     ) -> None:
         self.node = node
         self.mixed_precision = mixed_precision
+        self.max_waiting = max_waiting  # requests queued for cache space at most
+        self.max_wait = max_wait  # seconds one request waits for cache space at most
+        self.waiting = 0
         self.view = view
         self.models = list(models)
         self.store: SessionStore = store or MemoryStore()
@@ -193,7 +206,53 @@ class Engine:
         return result
 
     async def _fresh(self, model: ServedModel, batch: int, max_length: int) -> InferenceSession:
-        hops = await self.route(model, 0, model.num_blocks, cache_tokens=batch * max_length)
+        """A new session over the best chain; waits in a bounded queue while peers are busy."""
+        deadline = time.monotonic() + self.max_wait
+        busy: set[str] = set()
+        failed: set[str] = set()
+        queued = False
+        try:
+            while True:
+                try:
+                    return await self._open_fresh(
+                        model, batch, max_length, frozenset(busy | failed)
+                    )
+                except (WireError, OSError) as error:
+                    peer_id = str(getattr(error, "peer_id", ""))
+                    if isinstance(error, WireError) and error.code == BUSY:
+                        busy.add(peer_id)
+                    elif peer_id and peer_id not in failed and len(failed) < MAX_OPEN_FAILURES:
+                        self.bans.ban(peer_id)  # unreachable or broken: try another chain now
+                        failed.add(peer_id)
+                        continue
+                    else:
+                        raise NoRouteError(f"no working chain of peers: {error}") from error
+                if not queued:
+                    if self.waiting >= self.max_waiting:
+                        raise OverloadedError("too many requests are waiting for cache space")
+                    self.waiting += 1
+                    queued = True
+                if time.monotonic() >= deadline:
+                    raise OverloadedError("every peer that could serve this request is busy")
+                await asyncio.sleep(ADMISSION_POLL)
+                busy.clear()
+        finally:
+            if queued:
+                self.waiting -= 1
+
+    async def _open_fresh(
+        self, model: ServedModel, batch: int, max_length: int, avoid: frozenset[str]
+    ) -> InferenceSession:
+        cache_tokens = batch * max_length
+        try:
+            hops = await self.route(
+                model, 0, model.num_blocks, exclude=avoid, cache_tokens=cache_tokens
+            )
+        except NoRouteError:
+            if not avoid:
+                raise
+            hops = await self.route(model, 0, model.num_blocks, cache_tokens=cache_tokens)
+        quant = None if self.mixed_precision else self.quant_of(model, hops)
 
         async def reroute(start: int, end: int, banned: frozenset[str]) -> list[Hop]:
             for peer_id in banned:
@@ -201,7 +260,7 @@ class Engine:
                     self.bans.ban(peer_id)
             self.failovers += 1
             return await self.route(
-                model, start, end, exclude=banned, cache_tokens=batch * max_length
+                model, start, end, exclude=banned, cache_tokens=cache_tokens, quant=quant
             )
 
         session = InferenceSession(

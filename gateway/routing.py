@@ -2,8 +2,9 @@
 
 Nodes are block boundaries. A peer serving [a, b) offers an edge a → b (peers are entered at
 the start of their span). Edge cost = measured RTT + one token's compute through the span
-(1 / decode throughput) + a queue penalty; a peer short of free cache tokens or recently failed
-is left out. Dijkstra finds the cheapest chain.
+(1 / decode throughput) + a queue penalty. A peer that failed recently is left out; one whose
+record says its cache is short costs a large penalty (records are up to 30 s old: the peer's own
+`busy` answer is the truth). Dijkstra finds the cheapest chain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from swarm.session import Hop
 from swarm.swarm_view import PeerView
 
 DEFAULT_RTT = 0.005  # seconds, for peers not yet pinged
+SHORT_OF_CACHE_PENALTY = 10.0  # seconds: last resort, the record may be stale (peers say busy)
 
 
 @dataclass
@@ -62,10 +64,9 @@ def find_route(
         record = peer.record
         if peer.peer_id in exclude or not peer.reachable or not record.online:
             continue
-        if record.cache_tokens_free < cache_tokens:
-            continue
+        penalty = SHORT_OF_CACHE_PENALTY if record.cache_tokens_free < cache_tokens else 0.0
         if start <= record.start < record.end <= end:
-            edges.setdefault(record.start, []).append((edge_cost(peer), peer))
+            edges.setdefault(record.start, []).append((edge_cost(peer) + penalty, peer))
     best: dict[int, float] = {start: 0.0}
     previous: dict[int, tuple[int, PeerView]] = {}
     counter = itertools.count()

@@ -41,6 +41,7 @@ from pydantic_core import PydanticCustomError
 from gateway.errors import CUSTOM_ERROR_TYPE, PARAM_PLACEHOLDER
 
 __all__ = [
+    "MAX_MESSAGES",
     "MAX_STOP_SEQUENCES",
     "ChatChoiceLogprobs",
     "ChatCompletion",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 MAX_STOP_SEQUENCES = 4
+MAX_MESSAGES = 1024
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _TOKEN_ID = re.compile(r"[0-9]+")
@@ -394,6 +396,10 @@ class ChatCompletionRequest(_SamplingRequest):
     def _check_messages(cls, value: list[ChatMessage]) -> list[ChatMessage]:
         if not value:
             raise _invalid(f"Invalid value for '{_P}': at least one message is required.")
+        if len(value) > MAX_MESSAGES:
+            raise _invalid(
+                f"Invalid value for '{_P}': at most {MAX_MESSAGES} messages are allowed."
+            )
         return value
 
     @field_validator("metadata")

@@ -19,6 +19,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.engine import Engine, ServedModel
+from gateway.keys import KeyGuard
 from gateway.store import MemoryStore, RedisStore, SessionStore
 from swarm.head import Head
 from swarm.models import load_weights
@@ -41,6 +42,8 @@ class GatewayConfig:
     refresh_period: float = 3.0
     keep_alive: float = 300.0  # seconds peers keep a finished turn's caches for reuse
     mixed_precision: bool = False  # chain peers of different quantizations together
+    queue_timeout: float = 10.0  # seconds a request waits for cache space before a 503
+    max_queued: int = 64  # requests waiting for cache space at most
     max_body_bytes: int = 4 << 20
 
 
@@ -77,7 +80,8 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         mixed_precision=config.mixed_precision,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
-    app = create_app(engine, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
+    guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)
+    app = create_app(engine, max_body_bytes=config.max_body_bytes, guard=guard)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -101,6 +105,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         await asyncio.gather(announcer, refresher, return_exceptions=True)
         await engine.close()
         await store.close()
+        await guard.close()
         with contextlib.suppress(Exception):
             await node.stop()
     return 0

@@ -29,6 +29,7 @@ log = logging.getLogger("swarmgate.peer")
 
 MAX_BATCH = 64
 MAX_KEEP_ALIVE = 3600.0
+MAX_SESSIONS_PER_REMOTE = 256  # open inference streams one remote peer may hold at once
 
 
 @dataclass
@@ -61,6 +62,7 @@ class PeerState:
     throughput_decode: float = 0.0
     throughput_prefill: float = 0.0
     started: float = field(default_factory=time.time)
+    streams_by_remote: dict[str, int] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         budget = self.sessions.budget
@@ -80,6 +82,7 @@ class PeerState:
             "cache_tokens_total": budget.total_tokens,
             "cache_tokens_used": budget.used_tokens,
             "cache_tokens_free": budget.free_tokens,
+            "sessions_evicted": self.sessions.evicted,
             "queue_len": self.scheduler.queue_length,
             "throughput_decode": self.throughput_decode,
             "throughput_prefill": self.throughput_prefill,
@@ -151,6 +154,20 @@ async def _run_step(
 
 
 async def handle_inference(state: PeerState, stream: FrameStream) -> None:
+    remote = stream.remote_peer_id
+    if state.streams_by_remote.get(remote, 0) >= MAX_SESSIONS_PER_REMOTE:
+        state.counters.busy_refusals += 1
+        raise WireError(BUSY, f"at most {MAX_SESSIONS_PER_REMOTE} open sessions per client")
+    state.streams_by_remote[remote] = state.streams_by_remote.get(remote, 0) + 1
+    try:
+        await _serve_session(state, stream)
+    finally:
+        state.streams_by_remote[remote] -= 1
+        if not state.streams_by_remote[remote]:
+            del state.streams_by_remote[remote]
+
+
+async def _serve_session(state: PeerState, stream: FrameStream) -> None:
     frame = await stream.recv()
     frame.raise_for_error()
     session, keep_alive = await _open_session(state, frame.header)

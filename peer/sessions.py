@@ -36,6 +36,7 @@ class SessionTable:
         self.budget = budget
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, Session] = {}
+        self.evicted = 0  # kept sessions dropped to make room for new ones
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -44,6 +45,7 @@ class SessionTable:
         """A new session with `batch * max_length` reserved tokens (BudgetExceededError if full)."""
         if session_id in self.sessions:
             raise ValueError(f"session {session_id!r} is already open")
+        self._make_room(batch * max_length)
         self.budget.reserve(session_id, batch * max_length)
         session = Session(session_id, self.span.new_cache(), max_length, batch)
         self.sessions[session_id] = session
@@ -58,6 +60,11 @@ class SessionTable:
         if session is None or session.attached:
             return None
         if max_length is not None and max_length > session.max_length:
+            session.attached = True  # not evictable while we make room for it
+            try:
+                self._make_room(session.batch * max_length - self.budget.reservations[session_id])
+            finally:
+                session.attached = False
             held = self.budget.release(session_id)
             try:
                 self.budget.reserve(session_id, session.batch * max_length)
@@ -75,11 +82,26 @@ class SessionTable:
         session = self.sessions.get(session_id)
         if session is None:
             return
-        if keep_alive > 0:
+        if keep_alive > 0 and session.cache.length > 0:
             session.attached = False
             session.keep_until = time.monotonic() + keep_alive
+            # a kept cache holds only what it has: give the rest of the reservation back
+            self.budget.release(session_id)
+            self.budget.reserve(session_id, session.batch * session.cache.length)
+            session.max_length = session.cache.length
         else:
             self.close(session_id)
+
+    def _make_room(self, tokens: int) -> None:
+        """Evict kept (detached) sessions, least recently used first, until `tokens` fit."""
+        kept = sorted(
+            (s for s in self.sessions.values() if not s.attached), key=lambda s: s.last_used
+        )
+        for session in kept:
+            if self.budget.free_tokens >= tokens:
+                return
+            self.close(session.session_id)
+            self.evicted += 1
 
     def close(self, session_id: str) -> None:
         if self.sessions.pop(session_id, None) is not None:

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "peer": "peer.cli",
     "gateway": "gateway.cli",
     "swarm": "swarm.swarm_cli",
+    "keys": "gateway.keys_cli",
     "generate": "swarm.generate_cli",
 }
 

@@ -103,8 +103,10 @@ class InferenceSession:
                 }
             )
             reply = (await stream.recv()).raise_for_error()
-        except BaseException:
+        except BaseException as error:
             stream.reset_nowait()
+            if isinstance(error, WireError):
+                error.peer_id = hop.peer_id  # type: ignore[attr-defined]  # who refused
             raise
         link.stream = stream
         length = reply.header.get("length", 0)

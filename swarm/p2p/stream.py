@@ -249,6 +249,12 @@ class FrameStream:
         parts = encode_frame(header, tensors, self.limits)
         await self._bridge.call(self.pump.write, parts)
 
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are, unframed (fuzzing and protocol tests only)."""
+        if self._closed:
+            raise StreamClosedError("stream closed locally")
+        await self._bridge.call(self.pump.write, [data])
+
     async def recv(self) -> Frame:
         if self._end is not None and self._queue.empty():
             raise self._end.with_traceback(None)

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from fastapi.testclient import TestClient
 
-from gateway.app import create_app, key_matches
+from gateway.app import create_app
 from gateway.engine import Engine
 
 
@@ -36,13 +36,3 @@ def test_keys_are_required_on_v1_only() -> None:
 
 def test_no_keys_means_open() -> None:
     assert client([]).get("/v1/models").status_code == 200
-
-
-def test_key_matches_is_exact() -> None:
-    keys = [b"abc", b"def"]
-    assert key_matches(b"def", keys)
-    assert (
-        not key_matches(b"ab", keys)
-        and not key_matches(b"abcd", keys)
-        and not key_matches(b"", keys)
-    )

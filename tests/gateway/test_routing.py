@@ -50,9 +50,10 @@ def test_cheapest_chain_wins() -> None:
     assert names(find_route(peers, 10, 20)) == ["c"]
 
 
-def test_peers_short_of_cache_are_skipped() -> None:
+def test_peers_short_of_cache_are_a_last_resort() -> None:
     peers = [peer("a", 0, 10, free=100), peer("b", 0, 10, tput=1)]
     assert names(find_route(peers, 0, 10, cache_tokens=500)) == ["b"]
+    assert names(find_route(peers[:1], 0, 10, cache_tokens=500)) == ["a"]
 
 
 def test_bans_back_off_exponentially() -> None:

@@ -158,7 +158,7 @@ def test_client_disconnect_frees_peer_sessions(swarm: Swarm) -> None:
     assert [i["sessions_kept"] for i in infos] == kept_before
 
 
-@pytest.mark.parametrize("round_", range(2))
+@pytest.mark.parametrize("round_", range(5))
 def test_sigkill_of_a_serving_peer_mid_stream_keeps_the_stream_exact(
     swarm: Swarm, round_: int
 ) -> None:
@@ -204,3 +204,33 @@ def test_api_key_is_enforced_end_to_end(swarm: Swarm) -> None:
     right = openai.OpenAI(base_url=url, api_key="sk-test-123", max_retries=0)
     assert [m.id for m in right.models.list().data] == ["smollm2-135m-instruct"]
     assert httpx.get(f"{gateway.ready['url']}/health").status_code == 200
+
+
+def test_redis_keys_and_rate_limits_across_gateways(swarm: Swarm) -> None:
+    url = "redis://127.0.0.1:6379/14"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        from gateway.keys import KeyAdmin
+
+        key = KeyAdmin(url).add("team-a", rpm=2)
+        gateways = [swarm.gateway("--redis-url", url), swarm.gateway("--redis-url", url)]
+        clients = [
+            openai.OpenAI(base_url=f"{g.ready['url']}/v1", api_key=key, max_retries=0)
+            for g in gateways
+        ]
+        ask = {"model": "smollm2", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+        clients[0].chat.completions.create(**ask)  # type: ignore[call-overload]
+        clients[1].chat.completions.create(**ask)  # type: ignore[call-overload]
+        with pytest.raises(openai.RateLimitError) as limited:
+            clients[0].chat.completions.create(**ask)  # type: ignore[call-overload]
+        assert limited.value.status_code == 429
+        assert 0 < int(limited.value.response.headers["retry-after"]) <= 60
+        assert limited.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+        stranger = openai.OpenAI(
+            base_url=f"{gateways[0].ready['url']}/v1", api_key="sk-sg-unknown", max_retries=0
+        )
+        with pytest.raises(openai.AuthenticationError):
+            stranger.models.list()
+        assert httpx.get(f"{gateways[0].ready['url']}/ready").status_code == 200  # stays open
+    finally:
+        redis.Redis.from_url(url).flushdb()

@@ -1,0 +1,128 @@
+"""Turning the engine's per-step deltas into OpenAI response bodies and SSE chunk streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import errors
+from gateway.engine import ChoiceDelta, TokenLogprob, Usage
+
+FINGERPRINT = "swarmgate-0.1.0"
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    """Chat completions' `logprobs` object."""
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": p, "bytes": list(t.encode())} for t, p in lp.top
+                ],
+            }
+            for lp in items
+        ]
+    }
+
+
+def completion_logprobs(items: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """Legacy completions' `logprobs` object (tokens, token_logprobs, top_logprobs, offsets)."""
+    offsets = []
+    for lp in items:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in items],
+        "token_logprobs": [lp.logprob for lp in items],
+        "top_logprobs": [dict(lp.top) for lp in items],
+        "text_offset": offsets,
+    }
+
+
+@dataclass
+class Collected:
+    """Every choice's whole text, finish reason and logprobs, for non-streaming answers."""
+
+    n: int
+    texts: list[str] = field(init=False)
+    finish: list[str | None] = field(init=False)
+    logprobs: list[list[TokenLogprob]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.texts = [""] * self.n
+        self.finish = [None] * self.n
+        self.logprobs = [[] for _ in range(self.n)]
+
+    @classmethod
+    async def of(cls, source: AsyncIterator[list[ChoiceDelta]], n: int) -> Collected:
+        collected = cls(n)
+        async for deltas in source:
+            for delta in deltas:
+                collected.texts[delta.index] += delta.text
+                collected.finish[delta.index] = delta.finish_reason or collected.finish[delta.index]
+                collected.logprobs[delta.index].extend(delta.logprobs)
+        return collected
+
+
+async def started(source: AsyncIterator[list[ChoiceDelta]]) -> AsyncIterator[list[ChoiceDelta]]:
+    """Run `source` up to its first item now (errors surface as HTTP errors), then replay it."""
+    first = await anext(source)
+
+    async def replay() -> AsyncIterator[list[ChoiceDelta]]:
+        yield first
+        async for item in source:
+            yield item
+
+    return replay()
+
+
+ChunkBody = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+async def sse_events(
+    source: AsyncIterator[list[ChoiceDelta]],
+    body: ChunkBody,
+    choice: Callable[[ChoiceDelta], dict[str, Any]],
+    usage: Usage,
+    include_usage: bool,
+    opening: list[dict[str, Any]] | None = None,
+) -> AsyncIterator[dict[str, str]]:
+    """SSE events in OpenAI's shape: chunks, the usage chunk if asked, then `[DONE]`.
+
+    A failure mid-stream ends the stream with an error event in OpenAI's error shape.
+    """
+
+    def event(
+        choices: list[dict[str, Any]], usage_body: dict[str, int] | None = None
+    ) -> dict[str, str]:
+        data = body(choices)
+        if include_usage:
+            data["usage"] = usage_body
+        return {"data": json.dumps(data)}
+
+    try:
+        if opening:
+            yield event(opening)
+        async for deltas in source:
+            for delta in deltas:
+                if delta.text or delta.finish_reason:
+                    yield event([choice(delta)])
+        if include_usage:
+            yield event([], usage_json(usage))
+    except Exception as error:
+        failure = error if isinstance(error, errors.APIError) else errors.internal_error()
+        yield {"data": json.dumps(failure.body())}
+    yield {"data": "[DONE]"}

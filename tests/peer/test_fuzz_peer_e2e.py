@@ -1,0 +1,173 @@
+"""Hypothesis-driven fuzzing of a live peer's protocols while a legitimate session runs.
+
+Random bytes, truncated frames, absurd length prefixes, random headers and tensors of any dtype
+or shape go to `/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`. The peer
+must answer with an error or drop the stream, never crash, and the concurrent session's greedy
+tokens must equal the full model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from swarm.head import Head
+from swarm.models import Weights, load_weights
+from swarm.models.reference import build_full_model
+from swarm.p2p import P2PError, P2PNode
+from swarm.protocol import FORWARD_PROTOCOL, INFERENCE_PROTOCOL, INFO_PROTOCOL
+from swarm.session import Hop, InferenceSession
+from swarm.wire import WireError, encode_frame_bytes
+from tests.procs import Proc, start_peer
+
+pytestmark = pytest.mark.slow
+PROTOCOLS = [INFERENCE_PROTOCOL, FORWARD_PROTOCOL, INFO_PROTOCOL]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8]
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Proc]:
+    proc = start_peer("--blocks", "0:30", "--cache-tokens", "8192")
+    yield proc
+    assert proc.stop() == 0, proc.output[-2000:]
+
+
+def plain_values() -> st.SearchStrategy[Any]:
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=True),
+        st.text(max_size=20),
+        st.binary(max_size=20),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+@st.composite
+def payloads(draw: st.DrawFn, hidden: int) -> bytes:
+    kind = draw(
+        st.sampled_from(
+            ["bytes", "truncated", "huge_prefix", "random_header", "bad_tensor", "bad_step"]
+        )
+    )
+    if kind == "bytes":
+        return draw(st.binary(min_size=1, max_size=300))
+    if kind == "huge_prefix":
+        return struct.pack(">I", draw(st.integers(2**20, 2**32 - 1))) + draw(st.binary(max_size=50))
+    header: dict[str, Any] = draw(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "seq",
+                    "position",
+                    "session",
+                    "model",
+                    "start",
+                    "end",
+                    "max_length",
+                    "batch",
+                    "_t",
+                ]
+            ),
+            plain_values(),
+            max_size=8,
+        )
+    )
+    if kind == "random_header":
+        try:
+            return encode_frame_bytes(header)
+        except (WireError, ValueError, TypeError, OverflowError):  # e.g. a reserved "_t" key
+            packed = msgpack.packb(header, use_bin_type=True)
+            return struct.pack(">I", len(packed)) + packed
+    dtype = draw(st.sampled_from(DTYPES))
+    shape = draw(st.lists(st.integers(0, 9), min_size=0, max_size=4))
+    if kind == "bad_step":
+        shape = [1, draw(st.integers(1, 4)), draw(st.sampled_from([hidden, hidden - 1, 7]))]
+        header = {
+            "type": draw(st.sampled_from(["step", "open", "forward", "close"])),
+            "seq": draw(st.integers(-3, 5)),
+            "position": draw(st.integers(-3, 5000)),
+            "start": 0,
+            "end": 30,
+        }
+    tensor = torch.zeros(shape, dtype=dtype)
+    frame = encode_frame_bytes(header, [tensor])
+    if kind == "truncated" or (kind == "bad_tensor" and draw(st.booleans())):
+        return frame[: draw(st.integers(1, max(1, len(frame) - 1)))]
+    return frame
+
+
+def reference_greedy(weights: Weights, prompt: list[int], steps: int) -> list[int]:
+    with torch.inference_mode():
+        out = build_full_model(weights).generate(
+            torch.tensor([prompt]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False
+        )
+    return [int(t) for t in out[0, len(prompt) :]]
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_frames_never_break_the_peer(peer: Proc, data: st.DataObject) -> None:
+    weights = load_weights("smollm2-135m-instruct")
+    head = Head(weights)
+    prompt = head.encode_chat([{"role": "user", "content": "Name a colour."}])
+    expected = reference_greedy(weights, prompt, 16)
+    frames = [(data.draw(st.sampled_from(PROTOCOLS)), data.draw(payloads(576))) for _ in range(60)]
+    peer_id, maddrs = str(peer.ready["peer_id"]), list(peer.ready["maddrs"])  # type: ignore[call-overload]
+
+    async def legit(node: P2PNode) -> list[int]:
+        route = [Hop(peer_id, 0, 30, tuple(maddrs))]
+        async with InferenceSession(node, weights.model_hash, route, max_length=128) as session:
+            hidden = await session.step(head.embed(torch.tensor([prompt])))
+            tokens = [int(head.logits(hidden)[0, -1].argmax())]
+            while len(tokens) < 16:
+                hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
+                tokens.append(int(head.logits(hidden)[0, -1].argmax()))
+                await asyncio.sleep(0.05)  # stretch it over the abuse
+            return tokens
+
+    async def abuse(node: P2PNode) -> int:
+        answered = 0
+        for protocol, payload in frames:
+            stream = await node.open_stream(peer_id, protocol, maddrs)
+            try:
+                await stream.send_raw(payload)
+                async with asyncio.timeout(5):
+                    reply = await stream.recv()
+                answered += reply.is_error
+            except (WireError, P2PError, TimeoutError):
+                pass  # refused by dropping the stream: fine
+            finally:
+                stream.reset_nowait()
+        return answered
+
+    async def main() -> None:
+        node = P2PNode(dht_mode="client", bootstrap=[maddrs[0]])
+        await node.start()
+        try:
+            tokens, answered = await asyncio.gather(legit(node), abuse(node))
+            assert tokens == expected
+            assert answered > 0  # the peer explains its refusals with error frames
+            info = await node.request(peer_id, INFO_PROTOCOL, {"type": "info"}, addrs=maddrs)
+            assert info.header["sessions_active"] == 0
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+    assert peer.popen.poll() is None
