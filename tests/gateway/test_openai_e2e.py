@@ -121,6 +121,18 @@ def test_completions_and_models(client: openai.OpenAI) -> None:
         model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0
     )
     assert done.object == "text_completion" and "Paris" in done.choices[0].text
+    legacy = client.completions.create(
+        model="smollm2", prompt="One, two,", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = legacy.choices[0].logprobs
+    assert (
+        lp is not None
+        and lp.tokens is not None
+        and len(lp.tokens) == legacy.usage.completion_tokens
+    )  # type: ignore[union-attr]
+    assert "".join(lp.tokens) == legacy.choices[0].text
+    assert all(len(top) <= 2 for top in lp.top_logprobs or [])
+    assert lp.text_offset == sorted(lp.text_offset or [])
     models = client.models.list()
     assert [m.id for m in models.data] == ["smollm2-135m-instruct"]
     assert client.models.retrieve("smollm2-135m-instruct").id == "smollm2-135m-instruct"

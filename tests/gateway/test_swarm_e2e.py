@@ -24,6 +24,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 class Swarm:
     def __init__(self) -> None:
         self.procs: list[Proc] = []
+        self.gateways: list[Proc] = []
         self.first = self.add("0:15")
         self.bootstrap = str(self.first.ready["maddrs"][0])  # type: ignore[index]
         self.second = [self.add("15:30"), self.add("15:30")]  # one of them is a spare
@@ -38,8 +39,13 @@ class Swarm:
         proc = start(
             ["gateway", "--bootstrap", self.bootstrap, "--port", "0", *extra], "GATEWAY_READY "
         )
-        self.procs.append(proc)
+        self.gateways.append(proc)
         return proc
+
+    def stop_gateways(self) -> None:
+        for proc in self.gateways:
+            proc.stop(timeout=30)
+        self.gateways.clear()
 
     def info(self, peers: list[Proc]) -> list[dict[str, Any]]:
         async def main() -> list[dict[str, Any]]:
@@ -66,13 +72,21 @@ class Swarm:
 
 
 @pytest.fixture(scope="module")
-def swarm() -> Iterator[Swarm]:
+def swarm_processes() -> Iterator[Swarm]:
     s = Swarm()
     try:
         yield s
     finally:
+        s.stop_gateways()
         for proc in s.procs:
             proc.stop(timeout=30)
+
+
+@pytest.fixture
+def swarm(swarm_processes: Swarm) -> Iterator[Swarm]:
+    """The module's swarm; the gateways a test starts stop when it ends."""
+    yield swarm_processes
+    swarm_processes.stop_gateways()
 
 
 def client_for(gateway: Proc) -> openai.OpenAI:
