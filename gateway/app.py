@@ -20,10 +20,10 @@ from gateway import errors
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
 from gateway.keys import KeyGuard, KeyInfo
 from gateway.responses import (
-    FINGERPRINT,
     Collected,
     chat_logprobs,
     completion_logprobs,
+    envelope,
     sse_events,
     started,
     usage_json,
@@ -197,14 +197,9 @@ def create_app(
             first = await started(source)
 
             def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:
-                return {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model.name,
-                    "system_fingerprint": FINGERPRINT,
-                    "choices": choices,
-                }
+                return envelope(
+                    "chat.completion.chunk", completion_id, created, model.name, choices
+                )
 
             def chunk_choice(delta: ChoiceDelta) -> dict[str, Any]:
                 return {
@@ -227,11 +222,7 @@ def create_app(
             return EventSourceResponse(events, sep="\n", ping=15)
         done = await Collected.of(source, n)
         return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model.name,
-            "system_fingerprint": FINGERPRINT,
+            **envelope("chat.completion", completion_id, created, model.name, []),
             "choices": [
                 {
                     "index": i,
@@ -269,14 +260,7 @@ def create_app(
             offsets = [0] * n
 
             def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:
-                return {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model.name,
-                    "system_fingerprint": FINGERPRINT,
-                    "choices": choices,
-                }
+                return envelope("text_completion", completion_id, created, model.name, choices)
 
             def chunk_choice(delta: ChoiceDelta) -> dict[str, Any]:
                 logprobs = None
@@ -311,11 +295,7 @@ def create_app(
                     }
                 )
         return {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model.name,
-            "system_fingerprint": FINGERPRINT,
+            **envelope("text_completion", completion_id, created, model.name, []),
             "choices": choices,
             "usage": usage_json(total),
         }

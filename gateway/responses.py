@@ -13,6 +13,20 @@ from gateway.engine import ChoiceDelta, TokenLogprob, Usage
 FINGERPRINT = "swarmgate-0.1.0"
 
 
+def envelope(
+    kind: str, response_id: str, created: int, model: str, choices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The fields every completion body and chunk shares."""
+    return {
+        "id": response_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+    }
+
+
 def usage_json(usage: Usage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
