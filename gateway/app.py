@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 
 from gateway import errors
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
@@ -33,6 +34,7 @@ from gateway.schemas import ChatCompletionRequest, CompletionRequest
 
 DEFAULT_MAX_TOKENS = 2048
 RETRY_AFTER = 5
+MAX_PROMPTS = 16
 
 
 def create_app(
@@ -181,7 +183,7 @@ def create_app(
                 f"'{model.name}' is a base model without a chat template: use /v1/completions",
                 param="model",
             )
-        prompt = model.head.encode_chat(body.template_messages())
+        prompt = await run_in_threadpool(model.head.encode_chat, body.template_messages())
         max_tokens = budget(model, prompt, body.effective_max_tokens(), "max_tokens")
         await admit(request, (len(prompt) + max_tokens) * (body.n or 1))
         stop = body.stop_list()
@@ -239,6 +241,10 @@ def create_app(
     async def completions(body: CompletionRequest, request: Request) -> Any:
         model = resolve(body.model)
         prompts = body.prompts()
+        if len(prompts) > MAX_PROMPTS:
+            raise errors.invalid_request(
+                f"at most {MAX_PROMPTS} prompts per request", param="prompt"
+            )
         if len(prompts) != 1 and body.stream:
             raise errors.invalid_request("stream=true takes a single prompt", param="prompt")
         n = body.n or 1
@@ -247,7 +253,7 @@ def create_app(
         params.check_vocab(model.head.vocab_size)
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        encoded = [model.head.encode_text(p) for p in prompts]
+        encoded = [await run_in_threadpool(model.head.encode_text, p) for p in prompts]
         limits = [
             budget(model, ids, body.effective_max_tokens(16), "max_tokens") for ids in encoded
         ]

@@ -27,7 +27,7 @@ from swarm.models import Weights
 from swarm.p2p import P2PNode
 from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
 from swarm.swarm_view import ModelView, PeerView, SwarmView
-from swarm.wire import BUSY, WireError
+from swarm.wire import BAD_REQUEST, BUSY, WireError
 
 log = logging.getLogger("swarmgate.gateway")
 
@@ -219,8 +219,13 @@ class Engine:
                     )
                 except (WireError, OSError) as error:
                     peer_id = str(getattr(error, "peer_id", ""))
-                    if isinstance(error, WireError) and error.code == BUSY:
-                        busy.add(peer_id)
+                    code = error.code if isinstance(error, WireError) else ""
+                    if code == BUSY:
+                        if peer_id and peer_id not in busy:
+                            busy.add(peer_id)
+                            continue  # another chain may avoid it: try that at once
+                    elif code == BAD_REQUEST:  # the request itself does not fit these peers
+                        raise NoRouteError(f"the peers refused the session: {error}") from error
                     elif peer_id and peer_id not in failed and len(failed) < MAX_OPEN_FAILURES:
                         self.bans.ban(peer_id)  # unreachable or broken: try another chain now
                         failed.add(peer_id)

@@ -21,6 +21,7 @@ from typing import Any
 KEY_PREFIX = "sg:"
 KEYS_SET = f"{KEY_PREFIX}keys"
 WINDOW = 60  # seconds
+MAX_CACHED_KEYS = 10_000
 
 
 def digest(key: str) -> str:
@@ -144,6 +145,8 @@ class KeyGuard:
             any_keys = bool(await self._redis.scard(KEYS_SET))
         except Exception:
             self.redis_errors += 1
+            if checked == 0.0:
+                any_keys = True  # never heard from Redis: fail closed, not open
         self._any_keys = (time.monotonic(), any_keys)
         return any_keys
 
@@ -170,7 +173,12 @@ class KeyGuard:
             info.revoked or not hmac.compare_digest(info.digest, presented_digest)
         ):
             info = None
-        self._cache[presented_digest] = (time.monotonic(), info)
+        if info is not None:  # only known keys are cached: random tokens cannot grow it
+            if len(self._cache) >= MAX_CACHED_KEYS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[presented_digest] = (time.monotonic(), info)
+        else:
+            self._cache.pop(presented_digest, None)
         return info
 
     async def admit(self, info: KeyInfo, tokens: int) -> Decision:

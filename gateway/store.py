@@ -90,9 +90,15 @@ class MemoryStore:
     async def put(self, kept: KeptSession) -> None:
         if len(kept.token_ids) < BUCKET_TOKENS:
             return
-        self.buckets.setdefault(bucket_key(kept.model_hash, kept.token_ids), {})[
-            kept.session_id
-        ] = kept
+        now = time.time()
+        for key in [
+            k for k, b in self.buckets.items() if all(r.expires <= now for r in b.values())
+        ]:
+            del self.buckets[key]  # buckets whose records all expired
+        bucket = self.buckets.setdefault(bucket_key(kept.model_hash, kept.token_ids), {})
+        for stale in [sid for sid, r in bucket.items() if r.expires <= now]:
+            del bucket[stale]
+        bucket[kept.session_id] = kept
 
     async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None:
         bucket = self.buckets.get(bucket_key(model_hash, prompt), {})
@@ -128,7 +134,16 @@ class RedisStore:
             return
         key = bucket_key(kept.model_hash, kept.token_ids)
         ttl = max(1, int(kept.expires - time.time()))
+        stale = []
+        for field_name, value in (await self.client.hgetall(key)).items():
+            try:
+                if KeptSession.from_json(value).expires <= time.time():
+                    stale.append(field_name)
+            except (ValueError, KeyError, TypeError):
+                stale.append(field_name)
         async with self.client.pipeline(transaction=True) as pipe:
+            if stale:
+                pipe.hdel(key, *stale)
             pipe.hset(key, kept.session_id, kept.to_json())
             pipe.expire(key, ttl)
             await pipe.execute()

@@ -63,6 +63,7 @@ class PeerState:
     throughput_prefill: float = 0.0
     started: float = field(default_factory=time.time)
     streams_by_remote: dict[str, int] = field(default_factory=dict)
+    moving: bool = False  # reloading another span: new sessions are refused
 
     def info(self) -> dict[str, Any]:
         budget = self.sessions.budget
@@ -78,7 +79,6 @@ class PeerState:
             "sessions": len(self.sessions),
             "sessions_active": sum(1 for x in self.sessions.sessions.values() if x.attached),
             "sessions_kept": sum(1 for x in self.sessions.sessions.values() if not x.attached),
-            "session_ids": sorted(self.sessions.sessions)[:256],
             "cache_tokens_total": budget.total_tokens,
             "cache_tokens_used": budget.used_tokens,
             "cache_tokens_free": budget.free_tokens,
@@ -109,6 +109,8 @@ async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessi
     max_length = field_int(header, "max_length", 1, state.max_length)
     batch = field_int(header, "batch", 1, MAX_BATCH)
     keep_alive = field_float(header, "keep_alive", 0.0, MAX_KEEP_ALIVE)
+    if state.moving:
+        raise WireError(BUSY, "this peer is moving to other blocks")
     if header.get("resume"):
         try:
             resumed = state.sessions.attach(session_id, max_length)

@@ -69,6 +69,14 @@ class StepScheduler:
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         self._executor.shutdown(wait=True)
+        # nobody will compute what is still queued: fail it, so no handler waits forever
+        pending = self._deferred
+        self._deferred = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the span was unloaded"))
 
     async def step(
         self, session: Session, hidden: torch.Tensor, position: int | None

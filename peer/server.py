@@ -270,6 +270,7 @@ class PeerServer:
         start = better_start(self.weights.num_blocks, [*served, me], me.peer_id)
         if start is None or len(state.sessions):
             return False
+        state.moving = True  # refuse new sessions while the span is swapped
         log.info(
             "moving from [%d, %d) to [%d, %d)",
             state.start,
@@ -277,7 +278,11 @@ class PeerServer:
             start,
             start + state.end - state.start,
         )
-        await self._load(start, start + state.end - state.start)
+        try:
+            await self._load(start, start + state.end - state.start)
+        except BaseException:
+            state.moving = False
+            raise
         assert self.announcer is not None
         await self.announcer.announce()
         return True

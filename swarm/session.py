@@ -74,11 +74,20 @@ class InferenceSession:
     async def open(self, resume: bool = False) -> None:
         """Open a stream to every hop; `resume` re-attaches caches peers kept for this session."""
         self._links = [_Link(hop) for hop in self.route]
+        keep = self.keep_alive if resume else 0.0
         try:
-            lengths = await asyncio.gather(*(self._open_link(link, resume) for link in self._links))
+            # wait for every open, so that none still in flight is left behind unclosed
+            results = await asyncio.gather(
+                *(self._open_link(link, resume) for link in self._links), return_exceptions=True
+            )
         except BaseException:
-            await self.close(keep_alive=self.keep_alive if resume else 0.0)
+            await self.close(keep_alive=keep)
             raise
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.close(keep_alive=keep)
+            raise failures[0]
+        lengths = [r for r in results if isinstance(r, int)]
         if resume:
             if len(set(lengths)) != 1:
                 await self.close(keep_alive=0.0)
@@ -87,7 +96,11 @@ class InferenceSession:
 
     async def _open_link(self, link: _Link, resume: bool = False) -> int:
         hop = link.hop
-        stream = await self.node.open_stream(hop.peer_id, INFERENCE_PROTOCOL, list(hop.addrs))
+        try:
+            stream = await self.node.open_stream(hop.peer_id, INFERENCE_PROTOCOL, list(hop.addrs))
+        except WireError as error:
+            error.peer_id = hop.peer_id  # type: ignore[attr-defined]  # who could not be reached
+            raise
         try:
             await stream.send(
                 {
@@ -167,26 +180,46 @@ class InferenceSession:
             failed.stream.reset_nowait()
         self.banned.add(failed.hop.peer_id)
         self.failovers += 1
-        if self.reroute is None or self.failovers > self.max_failovers:
-            raise SessionFailedError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
         if self.resumed_length:
             # the inputs of the kept positions were sent by an earlier request: not replayable
             raise HistoryLostError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
-        hops = await self.reroute(failed.hop.start, failed.hop.end, frozenset(self.banned))
-        if not hops or hops[0].start != failed.hop.start or hops[-1].end != failed.hop.end:
-            raise SessionFailedError(
-                f"no peer can serve blocks [{failed.hop.start}, {failed.hop.end})"
-            )
-        links = [_Link(hop) for hop in hops]
+        if self.reroute is None or self.failovers > self.max_failovers:
+            raise SessionFailedError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
         history = failed.inputs[:, :position] if failed.inputs is not None else None
+        while True:
+            hops = await self.reroute(failed.hop.start, failed.hop.end, frozenset(self.banned))
+            if not spans_cover(hops, failed.hop.start, failed.hop.end):
+                raise SessionFailedError(
+                    f"no peer can serve blocks [{failed.hop.start}, {failed.hop.end})"
+                )
+            links = [_Link(hop) for hop in hops]
+            try:
+                await self._rebuild(links, history)
+                break
+            except (WireError, OSError) as error:
+                for link in links:  # the replacements opened so far are dropped
+                    if link.stream is not None:
+                        link.stream.reset_nowait()
+                culprit = getattr(error, "peer_id", None)
+                self.failovers += 1
+                if culprit is None or culprit in self.banned or self.failovers > self.max_failovers:
+                    raise SessionFailedError(f"replacing blocks failed: {error}") from error
+                self.banned.add(culprit)
+        self._links[index : index + 1] = links
+        self.route = [link.hop for link in self._links]
+
+    async def _rebuild(self, links: list[_Link], history: torch.Tensor | None) -> None:
+        """Open replacement links and replay `history` through them, in chain order."""
         for link in links:
             await self._open_link(link)
             if history is not None and history.shape[1] > 0:
-                replayed = await self._step_link(link, history, 0)
+                try:
+                    replayed = await self._step_link(link, history, 0)
+                except WireError as error:
+                    error.peer_id = link.hop.peer_id  # type: ignore[attr-defined]
+                    raise
                 self._remember(link, history, 0)
                 history = replayed
-        self._links[index : index + 1] = links
-        self.route = [link.hop for link in self._links]
 
     async def close(self, keep_alive: float | None = None) -> None:
         """End every stream; peers keep the caches for `keep_alive` seconds if asked."""

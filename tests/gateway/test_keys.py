@@ -104,3 +104,28 @@ def test_keys_command(admin: KeyAdmin) -> None:
     assert "dave" in listed and key not in listed and digest(key)[:12] in listed
     revoked = subprocess.run([*run, "revoke", "dave"], capture_output=True, text=True, check=True)
     assert "revoked 1" in revoked.stdout
+
+
+def test_unreachable_redis_fails_closed() -> None:
+    async def main() -> None:
+        guard = KeyGuard(redis_url="redis://127.0.0.1:1/0")
+        try:
+            assert await guard.required()  # never heard from Redis: keys are required
+            assert await guard.lookup("sk-sg-anything") is None
+        finally:
+            await guard.close()
+
+    asyncio.run(main())
+
+
+def test_unknown_tokens_are_not_cached(admin: KeyAdmin) -> None:
+    async def main() -> None:
+        guard = KeyGuard(redis_url=URL)
+        try:
+            for i in range(50):
+                assert await guard.lookup(f"sk-sg-random-{i}") is None
+            assert guard._cache == {}
+        finally:
+            await guard.close()
+
+    asyncio.run(main())
