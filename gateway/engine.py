@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gateway.detokenize import IncrementalDecoder
 from gateway.routing import Bans, find_route
 from gateway.sampling import Sampler, SamplingParams
 from gateway.stops import StopMatcher
@@ -102,8 +103,8 @@ class _Choice:
     index: int
     sampler: Sampler
     stops: StopMatcher
+    detokenizer: IncrementalDecoder
     ids: list[int] = field(default_factory=list)
-    decoded: str = ""
     done: bool = False
 
 
@@ -339,7 +340,10 @@ class Engine:
         live = await self._resume(model, prompt_ids, max_length) if n == 1 else None
         if live is None:
             live = _Live(await self._fresh(model, n, max_length))
-        choices = [_Choice(i, Sampler(params, i), StopMatcher(stops)) for i in range(n)]
+        choices = [
+            _Choice(i, Sampler(params, i), StopMatcher(stops), IncrementalDecoder(head.decode))
+            for i in range(n)
+        ]
         eos = head.eos_token_ids
         finished = False
         try:
@@ -411,10 +415,9 @@ class Engine:
         if choice.sampler.params.logprobs:
             top = [(head.decode([t]), lp) for t, lp in sampled.top_logprobs]
             delta.logprobs.append(TokenLogprob(head.decode([token]), sampled.logprob, top))
-        text = head.decode(choice.ids)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+        new_text = choice.detokenizer.push(token)
+        if not new_text:  # e.g. an incomplete UTF-8 sequence: wait for the next token
             return delta
-        new_text, choice.decoded = text[len(choice.decoded) :], text
         emitted, stopped = choice.stops.feed(new_text)
         delta.text = emitted
         if stopped:

@@ -56,7 +56,7 @@ def measure_throughput(span: Span, model_hash: str, cache_file: Path | None = No
             model_hash[:16],
             f"{span.start}:{span.end}",
             str(span.dtype),
-            span_quant(span),
+            span.quant,
         ]
     )
     try:
@@ -72,7 +72,3 @@ def measure_throughput(span: Span, model_hash: str, cache_file: Path | None = No
     tmp.write_text(json.dumps(known, indent=1))
     tmp.replace(path)
     return result
-
-
-def span_quant(span: Span) -> str:
-    return str(getattr(span, "quant", "none"))

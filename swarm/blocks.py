@@ -44,14 +44,6 @@ class SpanCache:
                 layer.keys = keys[..., :position, :]  # type: ignore[union-attr]
                 layer.values = values[..., :position, :]  # type: ignore[union-attr]
 
-    def nbytes(self) -> int:
-        total = 0
-        for layer in self.kv.layers:
-            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if tensor is not None:
-                    total += tensor.numel() * tensor.element_size()
-        return total
-
 
 class Span:
     """Decoder layers [start, end) of a model, ready to run on one device in one dtype."""

@@ -46,10 +46,41 @@ class HistoryLostError(SessionFailedError):
 
 
 @dataclass
+class _History:
+    """Every input position a hop received, kept as the chunks that were sent.
+
+    Appending is O(1) per step (no copy of the past); a rollback trims chunks; the whole
+    history is concatenated only when a failover replays it.
+    """
+
+    chunks: list[torch.Tensor] = field(default_factory=list)  # each [batch, n, h]
+    length: int = 0
+
+    def record(self, hidden: torch.Tensor, position: int) -> None:
+        """`hidden` was sent at `position`: forget what it overwrote, then keep it."""
+        while self.length > position:
+            last = self.chunks[-1]
+            if self.length - last.shape[1] >= position:
+                self.chunks.pop()
+                self.length -= last.shape[1]
+            else:
+                self.chunks[-1] = last[:, : last.shape[1] - (self.length - position)]
+                self.length = position
+        self.chunks.append(hidden)
+        self.length += hidden.shape[1]
+
+    def upto(self, position: int) -> torch.Tensor | None:
+        """Positions [0, position) as one tensor, or None if there are none."""
+        if position <= 0 or not self.chunks:
+            return None
+        return torch.cat(self.chunks, dim=1)[:, :position]
+
+
+@dataclass
 class _Link:
     hop: Hop
     stream: FrameStream | None = None
-    inputs: torch.Tensor | None = None  # every input position sent so far: [batch, length, h]
+    inputs: _History = field(default_factory=_History)
     seq: int = 0
 
 
@@ -140,11 +171,6 @@ class InferenceSession:
             raise WireError("bad_response", f"the peer answered a {list(output.shape)} tensor")
         return output
 
-    @staticmethod
-    def _remember(link: _Link, hidden: torch.Tensor, position: int) -> None:
-        kept = link.inputs[:, :position] if link.inputs is not None else hidden[:, :0]
-        link.inputs = torch.cat([kept, hidden.to(kept.dtype)], dim=1)
-
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
         """Send `hidden[batch, n, h]` at `position` (default: the end) through the route."""
         position = self.length if position is None else position
@@ -167,7 +193,7 @@ class InferenceSession:
                 )
                 await self._fail_over(index, position)
                 continue  # retry the same blocks through the replacement hops
-            self._remember(link, hidden, position)
+            link.inputs.record(hidden, position)
             hidden = output
             index += 1
         self.length = position + hidden.shape[1]
@@ -185,7 +211,7 @@ class InferenceSession:
             raise HistoryLostError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
         if self.reroute is None or self.failovers > self.max_failovers:
             raise SessionFailedError(f"blocks [{failed.hop.start}, {failed.hop.end}) failed")
-        history = failed.inputs[:, :position] if failed.inputs is not None else None
+        history = failed.inputs.upto(position)
         while True:
             hops = await self.reroute(failed.hop.start, failed.hop.end, frozenset(self.banned))
             if not spans_cover(hops, failed.hop.start, failed.hop.end):
@@ -218,7 +244,7 @@ class InferenceSession:
                 except WireError as error:
                     error.peer_id = link.hop.peer_id  # type: ignore[attr-defined]
                     raise
-                self._remember(link, history, 0)
+                link.inputs.record(history, 0)
                 history = replayed
 
     async def close(self, keep_alive: float | None = None) -> None:

@@ -43,8 +43,3 @@ def layout_for(model_type: str) -> FamilyLayout:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported (supported: {supported})"
         ) from None
-
-
-def block_prefix(layout: FamilyLayout, index: int) -> str:
-    """The state-dict prefix of decoder layer `index`, with its trailing dot."""
-    return f"{layout.layers}.{index}."

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import sys
 import time
@@ -200,14 +199,3 @@ class RandomSource:
         model_type = str(fields.pop("model_type"))
         config = AutoConfig.for_model(model_type, **fields)
         return RandomWeights(name, config, self.seed, self.tokenizer_model)
-
-
-def describe(source: ModelSource) -> str:
-    """A one-line JSON-ish description of a source, for listings."""
-    if isinstance(source, GGUFFileSource):
-        return "gguf"
-    if isinstance(source, HFDirSource):
-        return json.dumps({"hf_dir": str(source.path)})
-    if isinstance(source, RandomSource):
-        return json.dumps({"random": source.shape, "seed": source.seed})
-    return type(source).__name__
