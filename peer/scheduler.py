@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +45,16 @@ class SchedulerStats:
     steps: int = 0
     forwards: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
+    compute_seconds: float = 0.0
+    # called on the compute thread after each forward with (batch size, seconds it took)
+    observe: Callable[[int, float], None] | None = None
+
+    def record(self, batch: int, seconds: float) -> None:
+        self.batch_sizes[batch] += 1
+        self.forwards += 1
+        self.compute_seconds += seconds
+        if self.observe is not None:
+            self.observe(batch, seconds)
 
 
 class StepScheduler:
@@ -124,11 +136,11 @@ class StepScheduler:
             hidden = torch.cat([items[i].hidden for i in batch])
             caches = [items[i].session.cache for i in batch]  # type: ignore[union-attr]
             try:
+                began = time.perf_counter()
                 output = self.span.forward_many(hidden, caches)
                 for row, i in enumerate(batch):
                     results[i] = output[row : row + 1]
-                self.stats.batch_sizes[len(batch)] += 1
-                self.stats.forwards += 1
+                self.stats.record(len(batch), time.perf_counter() - began)
             except Exception as error:
                 for i in batch:
                     results[i] = error
@@ -136,12 +148,12 @@ class StepScheduler:
             if i in results:
                 continue
             try:
+                began = time.perf_counter()
                 if item.session is None:
                     results[i] = self.span.forward(item.hidden, self.span.new_cache(), 0)
                 else:
                     results[i] = self.span.forward(item.hidden, item.session.cache, item.position)
-                self.stats.batch_sizes[1] += 1
-                self.stats.forwards += 1
+                self.stats.record(1, time.perf_counter() - began)
             except Exception as error:
                 results[i] = error
         self.stats.steps += len(items)
