@@ -18,8 +18,10 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway import errors
+from gateway.access import AccessLog, access_record
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
 from gateway.keys import KeyGuard, KeyInfo
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.responses import (
     Collected,
     chat_logprobs,
@@ -67,6 +69,9 @@ def create_app(
             request.state.key = info
         return await call_next(request)
 
+    metrics: GatewayMetrics = getattr(engine, "metrics", None) or GatewayMetrics()
+    app.add_middleware(AccessLog, on_done=metrics.request_done)  # outermost: sees every request
+
     async def admit(request: Request, tokens: int) -> None:
         """Count the request against its key's per-minute limits (429 when over)."""
         info: KeyInfo | None = request.state.key
@@ -110,6 +115,10 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -168,9 +177,10 @@ def create_app(
         usage: Usage,
     ) -> AsyncIterator[list[ChoiceDelta]]:
         try:
-            async for deltas in engine.generate(
+            generation = engine.generate(
                 model, prompt, n=n, max_tokens=max_tokens, stops=stop, params=params, usage=usage
-            ):
+            )
+            async for deltas in metrics.track(model.name, generation, usage):
                 yield deltas
         except NoRouteError as error:
             raise errors.unavailable(str(error), RETRY_AFTER) from error
@@ -193,6 +203,7 @@ def create_app(
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         usage = Usage()
+        access_record(request).note(model.name, usage, bool(body.stream))
         source = run_choices(model, prompt, n, max_tokens, stop, params, usage)
         if body.stream:
             # start generating before answering: a swarm that cannot serve gets a real 503
@@ -262,6 +273,7 @@ def create_app(
         )
         if body.stream:
             usage = Usage()
+            access_record(request).note(model.name, usage, True)
             first = await started(run_choices(model, encoded[0], n, limits[0], stop, params, usage))
             offsets = [0] * n
 
@@ -284,6 +296,7 @@ def create_app(
             return EventSourceResponse(events, sep="\n", ping=15)
         choices: list[dict[str, Any]] = []
         total = Usage()
+        access_record(request).note(model.name, total, False)
         for p_index, (ids, limit) in enumerate(zip(encoded, limits, strict=True)):
             usage = Usage()
             done = await Collected.of(run_choices(model, ids, n, limit, stop, params, usage), n)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gateway.detokenize import IncrementalDecoder
+from gateway.metrics import GatewayMetrics
 from gateway.routing import Bans, find_route
 from gateway.sampling import Sampler, SamplingParams
 from gateway.stops import StopMatcher
@@ -141,6 +142,7 @@ class Engine:
         self.failovers = 0
         self.prefix_hits = 0
         self.store_errors = 0
+        self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
 
     def find_model(self, name: str) -> ServedModel | None:
@@ -273,6 +275,7 @@ class Engine:
             self.node, model.model_hash, hops, max_length=max_length, batch=batch, reroute=reroute
         )
         await session.open()
+        self.metrics.route_opened(model.name, len(hops))
         return session
 
     async def _resume(self, model: ServedModel, prompt: list[int], max_length: int) -> _Live | None:
@@ -311,6 +314,7 @@ class Engine:
         try:
             hidden = await live.session.step(await self._run_head(head.embed, ids))
         except HistoryLostError:
+            self.metrics.failed_over(model.name, live.session.failovers)
             max_length = live.session.max_length
             await live.session.close(keep_alive=0.0)
             live.session = await self._fresh(model, 1, max_length)
@@ -338,6 +342,8 @@ class Engine:
         usage.prompt_tokens = len(prompt_ids)
         max_length = len(prompt_ids) + max_tokens
         live = await self._resume(model, prompt_ids, max_length) if n == 1 else None
+        if n == 1:
+            self.metrics.prefix_lookup(model.name, live is not None)
         if live is None:
             live = _Live(await self._fresh(model, n, max_length))
         choices = [
@@ -381,6 +387,7 @@ class Engine:
     async def _finish(self, model: ServedModel, live: _Live, keep: bool) -> None:
         """Close the session; after a complete turn keep its caches and record the prefix."""
         session = live.session
+        self.metrics.failed_over(model.name, session.failovers)
         if not keep:
             await session.close(keep_alive=0.0)
             return

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     bounds = even_bounds(weights.num_blocks, args.peers)
     peers: list[subprocess.Popen[str]] = []
     workdir = Path(tempfile.mkdtemp(prefix="swarmgate-up-"))
-    extra = ["--dtype", args.dtype]
+    extra = ["--dtype", args.dtype, *(["--metrics-port", "0"] if args.peer_metrics else [])]
     try:
         bootstrap: str | None = None
         print(
@@ -89,11 +89,12 @@ def run(args: argparse.Namespace) -> int:
         first = _spawn_peer(args.model, *bounds[0], None, extra, workdir)
         peers.append(first)
         ready = _wait_ready(first)
+        peer_metrics = [ready.get("metrics_url")]
         bootstrap = str(ready["maddrs"][0])  # type: ignore[index]
         for start, end in bounds[1:]:
             peers.append(_spawn_peer(args.model, start, end, bootstrap, extra, workdir))
         for proc in peers[1:]:
-            _wait_ready(proc)
+            peer_metrics.append(_wait_ready(proc).get("metrics_url"))
         config = GatewayConfig(
             bootstrap=[bootstrap],
             host=args.host,
@@ -111,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
                 f'-d \'{{"model": "{weights.name}", "stream": true, '
                 '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\''
             )
-            print("GATEWAY_READY " + json.dumps({"url": url, "model": weights.name}), flush=True)
+            line: dict[str, object] = {"url": url, "model": weights.name}
+            if args.peer_metrics:
+                print("peer metrics: " + " ".join(str(u) for u in peer_metrics))
+                line["peer_metrics"] = peer_metrics
+            print("GATEWAY_READY " + json.dumps(line), flush=True)
 
         return asyncio.run(run_gateway(config, on_ready=announce))
     except KeyboardInterrupt:
@@ -129,5 +134,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--peer-metrics",
+        action="store_true",
+        help="peers serve Prometheus metrics on 127.0.0.1 (URLs printed when up)",
+    )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

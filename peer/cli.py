@@ -41,6 +41,9 @@ async def serve(config: PeerConfig) -> int:
         for maddr in maddrs:
             print(f"  listening on {maddr}")
         ready = {"peer_id": state.peer_id, "maddrs": maddrs, "start": state.start, "end": state.end}
+        if server.metrics is not None:
+            print(f"  metrics on {server.metrics.url}")
+            ready["metrics_url"] = server.metrics.url
         print("PEER_READY " + json.dumps(ready), flush=True)
         await stop.wait()
     finally:
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         identity=args.identity,
         rebalance_period=args.rebalance_period,
         join_jitter=args.join_jitter,
+        metrics_port=args.metrics_port,
     )
     try:
         return asyncio.run(serve(config))
@@ -92,5 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--identity", type=Path, help="Ed25519 identity file (kept peer id)")
     parser.add_argument("--rebalance-period", type=float, default=180.0, help="seconds")
     parser.add_argument("--join-jitter", type=float, default=2.0, help="seconds")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: any)"
+    )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

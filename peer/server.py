@@ -20,6 +20,7 @@ import torch
 
 from peer.handlers import PeerState, handle_forward, handle_inference, handle_info
 from peer.memory import CacheBudget, default_cache_tokens, kv_bytes_per_token
+from peer.metrics import PeerMetrics
 from peer.quant import quantize_linears
 from peer.scheduler import StepScheduler
 from peer.selection import ServedSpan, better_start, choose_start
@@ -56,6 +57,7 @@ class PeerConfig:
     idle_timeout: float = 300.0
     rebalance_period: float = 180.0
     join_jitter: float = 2.0
+    metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1 (0: a free port)
 
 
 MAX_STEP_TOKENS = 8192
@@ -97,6 +99,7 @@ class PeerServer:
         self.view: SwarmView | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_record: ModelRecord | None = None
+        self.metrics = PeerMetrics(lambda: self.state) if config.metrics_port is not None else None
 
     @property
     def listen_maddrs(self) -> list[str]:
@@ -140,6 +143,8 @@ class PeerServer:
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="expire-sessions"))
         if config.blocks is None:
             self._tasks.append(asyncio.create_task(self._rebalance_loop(), name="rebalance"))
+        if self.metrics is not None and config.metrics_port is not None:
+            await self.metrics.serve(config.metrics_port)
 
     def _bind(
         self, handler: Callable[[PeerState, FrameStream], Awaitable[None]]
@@ -206,6 +211,7 @@ class PeerServer:
         max_length = config.max_length or int(getattr(text_config, "max_position_embeddings", 2048))
         budget = CacheBudget(total)
         scheduler = StepScheduler(span)
+        scheduler.stats.observe = self.metrics.observe if self.metrics is not None else None
         scheduler.start()
         old = self.state
         self.span = span
@@ -288,6 +294,8 @@ class PeerServer:
         return True
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

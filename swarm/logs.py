@@ -1,4 +1,9 @@
-"""Logging set-up shared by every process: quiet by default, structured when not a TTY."""
+"""Logging set-up shared by every process: quiet by default, structured when not a TTY.
+
+Quiet means WARNING, except the gateway's access log (`swarmgate.access`, one line per HTTP
+request) which shows at INFO; an explicit level (`--log-level`, `SWARMGATE_LOG_LEVEL`) applies
+to every logger, the access log included.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import logging
 import os
 import sys
 import time
+
+ACCESS_LOGGER = "swarmgate.access"
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,7 +52,8 @@ def quiet_third_party_logs() -> None:
 
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once: JSON when stderr is not a TTY, plain lines otherwise."""
-    level_name = (level or os.environ.get("SWARMGATE_LOG_LEVEL") or "WARNING").upper()
+    explicit = level or os.environ.get("SWARMGATE_LOG_LEVEL")
+    level_name = (explicit or "WARNING").upper()
     handler = logging.StreamHandler(sys.stderr)
     if sys.stderr.isatty():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -54,5 +62,6 @@ def setup_logging(level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_name)
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if explicit else logging.INFO)
     logging.Formatter.converter = time.gmtime
     quiet_third_party_logs()
