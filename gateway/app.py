@@ -1,7 +1,8 @@
 """The FastAPI app: OpenAI's `/v1` surface over the swarm, plus health and the swarm map.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both streaming over SSE when
-asked), `GET /v1/models`, `GET /v1/models/{id}`, `GET /v1/swarm`, `GET /health`, `GET /ready`.
+asked), `GET /v1/models`, `GET /v1/models/{id}`, `GET /v1/swarm`, `GET /health`, `GET /ready`;
+the dashboard (`/`, `/dashboard/*`) comes from `gateway.dashboard`.
 Every error is in OpenAI's shape (see `gateway.errors`).
 """
 
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import errors
 from gateway.access import AccessLog, access_record
+from gateway.dashboard import dashboard_router
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
 from gateway.keys import KeyGuard, KeyInfo
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -33,6 +35,7 @@ from gateway.responses import (
 )
 from gateway.sampling import SamplingParams
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.swarm_map import SwarmMap
 
 DEFAULT_MAX_TOKENS = 2048
 RETRY_AFTER = 5
@@ -54,6 +57,8 @@ def create_app(
     errors.install_error_handlers(app)
     app.add_middleware(errors.BodySizeLimit, max_bytes=max_body_bytes)
     guard = guard or KeyGuard(static_keys=list(api_keys))
+    swarm_map = SwarmMap(engine)
+    app.include_router(dashboard_router(swarm_map, guard))  # `/` and `/dashboard/*`: no key
 
     @app.middleware("http")
     async def require_api_key(
@@ -160,12 +165,7 @@ def create_app(
 
     @app.get("/v1/swarm")
     async def swarm() -> dict[str, Any]:
-        snapshot = engine.view.snapshot.to_json()
-        snapshot["served"] = [
-            {"name": m.name, "model_hash": m.model_hash, "available": engine.available(m)}
-            for m in engine.models
-        ]
-        return snapshot
+        return await swarm_map.to_json()
 
     async def run_choices(
         model: ServedModel,
