@@ -76,6 +76,7 @@ class PeerState:
             "end": self.end,
             "dtype": self.dtype,
             "quant": self.quant,
+            "moving": self.moving,
             "sessions": len(self.sessions),
             "sessions_active": sum(1 for x in self.sessions.sessions.values() if x.attached),
             "sessions_kept": sum(1 for x in self.sessions.sessions.values() if not x.attached),

@@ -210,6 +210,11 @@ class PeerServer:
         total = config.cache_tokens or default_cache_tokens(per_token, self.device)
         max_length = config.max_length or int(getattr(text_config, "max_position_embeddings", 2048))
         budget = CacheBudget(total)
+        # the pool behind the budget: all of it up front on a GPU (captured graphs keep its
+        # addresses), a first part on the CPU (it grows when needed)
+        slack = 64 * span.page_size
+        up_front = total if self.device.type == "cuda" else min(total, 8192)
+        await loop.run_in_executor(None, span.reserve_cache, up_front + slack)
         scheduler = StepScheduler(span)
         scheduler.stats.observe = self.metrics.observe if self.metrics is not None else None
         scheduler.start()

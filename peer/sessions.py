@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass, field
 
 from peer.memory import BudgetExceededError, CacheBudget
-from swarm.blocks import Span, SpanCache
+from swarm.blocks import Cache, Span
 
 
 @dataclass
 class Session:
     session_id: str
-    cache: SpanCache
+    cache: Cache
     max_length: int
     batch: int
     last_used: float = field(default_factory=time.monotonic)
@@ -45,11 +45,17 @@ class SessionTable:
         """A new session with `batch * max_length` reserved tokens (BudgetExceededError if full)."""
         if session_id in self.sessions:
             raise ValueError(f"session {session_id!r} is already open")
-        self._make_room(batch * max_length)
-        self.budget.reserve(session_id, batch * max_length)
+        tokens = batch * self._rounded(max_length)
+        self._make_room(tokens)
+        self.budget.reserve(session_id, tokens)
         session = Session(session_id, self.span.new_cache(), max_length, batch)
         self.sessions[session_id] = session
         return session
+
+    def _rounded(self, length: int) -> int:
+        """Tokens a row of `length` positions occupies: caches are allocated in whole pages."""
+        page = int(getattr(self.span, "page_size", 1))
+        return -(-length // page) * page
 
     def attach(self, session_id: str, max_length: int | None = None) -> Session | None:
         """Re-attach a kept session (its cache intact), or None if it is gone or in use.
@@ -62,12 +68,13 @@ class SessionTable:
         if max_length is not None and max_length > session.max_length:
             session.attached = True  # not evictable while we make room for it
             try:
-                self._make_room(session.batch * max_length - self.budget.reservations[session_id])
+                grown = session.batch * self._rounded(max_length)
+                self._make_room(grown - self.budget.reservations[session_id])
             finally:
                 session.attached = False
             held = self.budget.release(session_id)
             try:
-                self.budget.reserve(session_id, session.batch * max_length)
+                self.budget.reserve(session_id, grown)
             except BudgetExceededError:
                 self.budget.reserve(session_id, held)
                 raise
@@ -87,8 +94,9 @@ class SessionTable:
             session.keep_until = time.monotonic() + keep_alive
             # a kept cache holds only what it has: give the rest of the reservation back
             self.budget.release(session_id)
-            self.budget.reserve(session_id, session.batch * session.cache.length)
+            self.budget.reserve(session_id, session.batch * self._rounded(session.cache.length))
             session.max_length = session.cache.length
+            session.cache.shrink()
         else:
             self.close(session_id)
 
@@ -104,8 +112,10 @@ class SessionTable:
             self.evicted += 1
 
     def close(self, session_id: str) -> None:
-        if self.sessions.pop(session_id, None) is not None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
             self.budget.release(session_id)
+            session.cache.release()
 
     def expire(self, now: float | None = None) -> list[str]:
         """Free detached sessions past their keep-alive and attached ones idle too long."""

@@ -30,20 +30,29 @@ def hardware_id(device: torch.device) -> str:
     return f"cpu:{platform.machine()}:{platform.processor()}:{torch.get_num_threads()}t"
 
 
+def _sync(span: Span) -> None:
+    if span.device.type == "cuda":
+        torch.cuda.synchronize(span.device)
+
+
 def _measure(span: Span, decode_steps: int = 8, prefill_tokens: int = 128) -> Throughput:
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(1, prefill_tokens, span.hidden_size, generator=generator) * 0.1
-    cache = span.new_cache()
+    cache, prefill_cache = span.new_cache(), span.new_cache()
     span.forward(hidden[:, :8], cache)  # warm up
+    span.forward(hidden[:, 8:9], cache)
+    _sync(span)
     started = time.perf_counter()
-    span.forward(hidden, span.new_cache())
+    span.forward(hidden, prefill_cache)
+    _sync(span)
     prefill = prefill_tokens / max(time.perf_counter() - started, 1e-9)
     started = time.perf_counter()
     for i in range(decode_steps):
-        span.forward(hidden[:, i : i + 1], cache)
-    if span.device.type == "cuda":
-        torch.cuda.synchronize(span.device)
+        span.forward(hidden[:, 9 + i : 10 + i], cache)
+    _sync(span)
     decode = decode_steps / max(time.perf_counter() - started, 1e-9)
+    cache.release()
+    prefill_cache.release()
     return Throughput(decode=round(decode, 2), prefill=round(prefill, 2))
 
 

@@ -1,13 +1,19 @@
 """The block runtime: a `Span` runs decoder layers [start, end) of a model on hidden states.
 
-A span holds only its own layers' weights. Each inference session gets a `SpanCache` (its KV
-cache); `Span.forward` runs `hidden[batch, n, h]` at absolute positions, appending to the cache,
-and `SpanCache.rollback(position)` forgets everything from `position` on (replay, stop-sequence
-trimming, speculative steps).
+A span holds only its own layers' weights. Each inference session gets a cache from
+`Span.new_cache`; `Span.forward` runs `hidden[batch, n, h]` at absolute positions, appending to
+the cache, and `cache.rollback(position)` forgets everything from `position` on (replay,
+stop-sequence trimming, speculative steps). `Span.forward_many` runs one decode position of many
+sessions as one batch.
+
+Llama-family spans run on our own serving layers over a paged KV cache (`swarm.llama_span`;
+CUDA graphs for decode on GPUs); every other family runs transformers' own modules with a
+`DynamicCache` per session (`SpanCache`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +22,9 @@ from torch import nn
 from tqdm import tqdm
 from transformers import DynamicCache
 
+from swarm import llama_span
+from swarm.cuda_graphs import DecodeGraphs
+from swarm.kv_pages import PagedCache, PagePool
 from swarm.models.skeleton import build_span_module
 from swarm.models.weights import Weights
 
@@ -32,6 +41,12 @@ class SpanCache:
         """Number of positions cached."""
         return int(self.kv.get_seq_length())
 
+    def shrink(self) -> None:
+        """Nothing to give back: a `DynamicCache` holds only what it has."""
+
+    def release(self) -> None:
+        self.kv = DynamicCache()
+
     def rollback(self, position: int) -> None:
         """Keep positions [0, position); a position at or past the end changes nothing."""
         if position < 0:
@@ -45,6 +60,17 @@ class SpanCache:
                 layer.values = values[..., :position, :]  # type: ignore[union-attr]
 
 
+Cache = SpanCache | PagedCache
+
+
+def _use_paged(weights: Weights, paged: bool | None) -> bool:
+    if paged is not None:
+        return paged
+    if os.environ.get("SWARMGATE_PAGED", "1") == "0":
+        return False
+    return llama_span.supports(weights.config) is None
+
+
 class Span:
     """Decoder layers [start, end) of a model, ready to run on one device in one dtype."""
 
@@ -56,6 +82,7 @@ class Span:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         progress: bool = False,
+        paged: bool | None = None,
     ) -> None:
         if not 0 <= start < end <= weights.num_blocks:
             raise ValueError(f"span [{start}, {end}) outside the model's [0, {weights.num_blocks})")
@@ -69,28 +96,46 @@ class Span:
         if progress:
             indices = tqdm(indices, desc=f"loading blocks [{start}, {end})", unit="block")
         tensors = {i: weights.block_tensors(i) for i in indices}
-        self.module: nn.Module = build_span_module(
-            weights.config, weights.layout, start, end, tensors, dtype, self.device
-        )
+        self.pool: PagePool | None = None
+        self._graphs: DecodeGraphs | None = None
+        self.use_graphs = self.device.type == "cuda"
+        if _use_paged(weights, paged):
+            fast = llama_span.LlamaSpanModule(
+                weights.config, tensors, start, end, dtype, self.device
+            )
+            self.module: nn.Module = fast
+            self.max_positions = fast.max_positions
+            self.pool = PagePool(end - start, fast.kv_heads, fast.head_dim, dtype, self.device)
+        else:
+            self.module = build_span_module(
+                weights.config, weights.layout, start, end, tensors, dtype, self.device
+            )
+            self.max_positions = int(getattr(weights.config, "max_position_embeddings", 1 << 20))
 
     @property
     def num_blocks(self) -> int:
         return self.end - self.start
 
-    def new_cache(self) -> SpanCache:
-        return SpanCache()
+    @property
+    def paged(self) -> bool:
+        return self.pool is not None
+
+    @property
+    def page_size(self) -> int:
+        return self.pool.page_size if self.pool is not None else 1
+
+    def new_cache(self) -> Cache:
+        return PagedCache(self.pool) if self.pool is not None else SpanCache()
+
+    def reserve_cache(self, tokens: int) -> None:
+        """Allocate the KV pool for `tokens` cached tokens up front (paged spans only)."""
+        if self.pool is not None:
+            self.pool.reserve(tokens)
 
     def parameter_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.module.parameters())
 
-    @torch.inference_mode()
-    def forward(
-        self, hidden: torch.Tensor, cache: SpanCache, position: int | None = None
-    ) -> torch.Tensor:
-        """Run `hidden[batch, n, h]` placed at positions [position, position + n).
-
-        `position` defaults to the cache length; a position below it rolls the cache back first.
-        """
+    def _check(self, hidden: torch.Tensor, cache: Cache, position: int | None) -> int:
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(
                 f"hidden must be [batch, n, {self.hidden_size}], got {list(hidden.shape)}"
@@ -101,32 +146,85 @@ class Span:
             position = cache.length
         if position > cache.length:
             raise ValueError(f"position {position} is past the cache length {cache.length}")
+        if position + hidden.shape[1] > self.max_positions:
+            raise ValueError(f"positions past the model's limit of {self.max_positions}")
+        return position
+
+    @torch.inference_mode()
+    def forward(
+        self, hidden: torch.Tensor, cache: Cache, position: int | None = None
+    ) -> torch.Tensor:
+        """Run `hidden[batch, n, h]` placed at positions [position, position + n).
+
+        `position` defaults to the cache length; a position below it rolls the cache back first.
+        """
+        position = self._check(hidden, cache, position)
         cache.rollback(position)
         batch, n = hidden.shape[0], hidden.shape[1]
+        x = hidden.to(device=self.device, dtype=self.dtype)
+        if isinstance(cache, PagedCache):
+            assert self.pool is not None
+            self.pool.begin_step()
+            end = position + n
+            cache.prepare(batch, end)
+            positions = torch.arange(position, end).expand(batch, n)
+            table = cache.page_table(self.pool.pages_for(end))
+            out = self._run_paged(x, positions, table)
+            cache.advance(end)
+            return out
         positions = torch.arange(position, position + n, device=self.device).expand(batch, n)
         output = self.module(
-            inputs_embeds=hidden.to(device=self.device, dtype=self.dtype),
-            position_ids=positions,
-            cache=cache.kv,
-            use_cache=True,
+            inputs_embeds=x, position_ids=positions, cache=cache.kv, use_cache=True
         )
         cache.batch = batch
         result: torch.Tensor = output.last_hidden_state
         return result
 
+    def _run_paged(
+        self, x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor
+    ) -> torch.Tensor:
+        assert self.pool is not None
+        positions = positions.to(self.device, non_blocking=True)
+        table = table.to(self.device, non_blocking=True)
+        if self.use_graphs and x.shape[1] == 1 and self.quant == "none":
+            if self._graphs is None:
+                self._graphs = DecodeGraphs(self.module, self.pool, self.hidden_size)  # type: ignore[arg-type]
+            if self._graphs.fits(x.shape[0], table.shape[1]):
+                return self._graphs.run(x, positions, table)
+        out: torch.Tensor = self.module(x, positions, table, self.pool)
+        return out
+
     @torch.inference_mode()
-    def forward_many(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
+    def forward_many(self, hidden: torch.Tensor, caches: list[Cache]) -> torch.Tensor:
         """One decode step of several sessions as one batched forward.
 
         `hidden[k, 1, h]` holds one new position for each of `k` sessions, each of batch 1 and
-        with a non-empty cache. Caches of different lengths are left-padded into a temporary
-        batch and masked; each session's cache then receives only its own new keys and values.
+        with a non-empty cache. Paged caches are read in place through a page table; other
+        caches are left-padded into a temporary batch and masked, and each session's cache then
+        receives only its own new keys and values.
         """
         if hidden.dim() != 3 or hidden.shape[1] != 1 or hidden.shape[0] != len(caches):
             raise ValueError("forward_many takes hidden[k, 1, h] for k sessions")
         lengths = [cache.length for cache in caches]
         if any(cache.batch != 1 for cache in caches) or min(lengths) == 0:
             raise ValueError("forward_many needs prefilled sessions of batch 1")
+        if self.pool is not None:
+            self.pool.begin_step()
+            paged = [c for c in caches if isinstance(c, PagedCache)]
+            for cache, length in zip(paged, lengths, strict=True):
+                cache.prepare(1, length + 1)
+            pages = self.pool.pages_for(max(lengths) + 1)
+            table = torch.cat([cache.page_table(pages) for cache in paged])
+            positions = torch.tensor(lengths, dtype=torch.int64).unsqueeze(1)
+            x = hidden.to(device=self.device, dtype=self.dtype)
+            out = self._run_paged(x, positions, table)
+            for cache, length in zip(paged, lengths, strict=True):
+                cache.advance(length + 1)
+            return out
+        return self._forward_many_padded(hidden, caches)  # type: ignore[arg-type]
+
+    def _forward_many_padded(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
+        lengths = [cache.length for cache in caches]
         longest = max(lengths)
         batched = DynamicCache()
         for layer_index in range(self.num_blocks):

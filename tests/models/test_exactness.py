@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from swarm.blocks import Span, SpanCache
+from swarm.blocks import Cache, Span
 from swarm.generate_cli import even_bounds
 from swarm.head import Head
 from swarm.models import Weights
@@ -23,7 +23,7 @@ class Chain:
     def __init__(self, weights: Weights, bounds: list[tuple[int, int]]) -> None:
         self.head = Head(weights)
         self.spans = [Span(weights, a, b) for a, b in bounds]
-        self.caches: list[SpanCache] = [s.new_cache() for s in self.spans]
+        self.caches: list[Cache] = [s.new_cache() for s in self.spans]
 
     def logits(self, ids: torch.Tensor, position: int | None = None) -> torch.Tensor:
         hidden = self.head.embed(ids)

@@ -16,7 +16,7 @@ from swarm.models.hashing import hash_tensors
 
 
 def test_span_10_to_19_holds_only_its_blocks(smollm2: Weights) -> None:
-    span = Span(smollm2, 10, 20)
+    span = Span(smollm2, 10, 20, paged=False)
     expected: dict[str, torch.Tensor] = {}
     for index in range(10, 20):
         for name, tensor in smollm2.block_tensors(index).items():
@@ -34,6 +34,21 @@ def test_span_10_to_19_holds_only_its_blocks(smollm2: Weights) -> None:
     assert len(span.module.layers) == 10
     assert not isinstance(span.module.norm, type(Head(smollm2).norm))
     assert span.block_hashes == tuple(smollm2.block_hash(i) for i in range(10, 20))
+
+
+def test_paged_span_10_to_19_holds_exactly_its_blocks_fused(smollm2: Weights) -> None:
+    span = Span(smollm2, 10, 20)
+    assert span.paged and len(span.module.layers) == 10
+    blocks = [smollm2.block_tensors(i) for i in range(10, 20)]
+    block_bytes = sum(t.numel() * t.element_size() for b in blocks for t in b.values())
+    assert span.parameter_bytes() == block_bytes  # no embedding, no norm, no other block
+    for layer, block in zip(span.module.layers, blocks, strict=True):
+        attn = [block[f"self_attn.{n}_proj.weight"] for n in "qkv"]
+        assert torch.equal(layer.qkv.weight, torch.cat(attn))
+        mlp = [block[f"mlp.{n}_proj.weight"] for n in ("gate", "up")]
+        assert torch.equal(layer.gate_up.weight, torch.cat(mlp))
+        assert torch.equal(layer.down.weight, block["mlp.down_proj.weight"])
+        assert torch.equal(layer.norm_in, block["input_layernorm.weight"])
 
 
 def test_hash_is_canonical_and_sensitive() -> None:

@@ -15,6 +15,13 @@ from swarm.blocks import Span
 class FakeCache:
     def __init__(self) -> None:
         self.length = 0
+        self.released = False
+
+    def shrink(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.released = True
 
 
 def table(total: int) -> SessionTable:

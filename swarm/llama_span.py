@@ -1,0 +1,185 @@
+"""Llama-family decoder layers written for serving: fused projections over a paged KV cache.
+
+The math is the family's own (RMSNorm in fp32, rotary embeddings from transformers' rotary
+class, grouped-query attention, SiLU MLP), checked against transformers in the tests. What differs
+is the plumbing: Q/K/V and gate/up are one matmul each, keys and values live in a `PagePool`,
+and one call runs any number of rows at their own positions: a prefill of one session, or one
+decode position for each of many sessions. Every shape depends only on (rows, new positions,
+pages per row), so a decode step can be captured once as a CUDA graph and replayed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+
+from swarm.kv_pages import PagePool
+
+FAST_FAMILIES = frozenset({"llama"})
+
+
+def supports(config: PretrainedConfig) -> str | None:
+    """None when `config` can run here, else the reason it cannot."""
+    if config.model_type not in FAST_FAMILIES:
+        return f"family {config.model_type!r}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if "dynamic" in str(rope.get("rope_type", rope.get("type", "default"))):
+        return "dynamic rotary scaling"
+    return None
+
+
+def _rotary_tables(
+    config: PretrainedConfig, positions: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `[positions, head_dim]`, computed by the family's own rotary module."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config).to(device)  # type: ignore[arg-type]
+    ids = torch.arange(positions, device=device)[None]
+    probe = torch.empty((), dtype=dtype, device=device)
+    cos, sin = rotary(probe, ids)
+    return cos[0].contiguous(), sin[0].contiguous()
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        tensors: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.eps = float(config.rms_norm_eps)
+        self.scaling = self.head_dim**-0.5
+
+        def get(name: str) -> torch.Tensor:
+            return tensors[name].to(device=device, dtype=dtype)
+
+        def linear(names: list[str]) -> nn.Linear:
+            weight = torch.cat([get(f"{n}.weight") for n in names])
+            biases = [f"{n}.bias" for n in names if f"{n}.bias" in tensors]
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bool(biases), device="meta")
+            layer.weight = nn.Parameter(weight, requires_grad=False)
+            if biases:
+                layer.bias = nn.Parameter(torch.cat([get(b) for b in biases]), requires_grad=False)
+            return layer
+
+        attn, mlp = "self_attn", "mlp"
+        self.qkv = linear([f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"])
+        self.o = linear([f"{attn}.o_proj"])
+        self.gate_up = linear([f"{mlp}.gate_proj", f"{mlp}.up_proj"])
+        self.down = linear([f"{mlp}.down_proj"])
+        self.norm_in = nn.Parameter(get("input_layernorm.weight"), requires_grad=False)
+        self.norm_post = nn.Parameter(get("post_attention_layernorm.weight"), requires_grad=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        write_pages: torch.Tensor,
+        write_offsets: torch.Tensor,
+        read_pages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """`x[rows, n, hidden]`; `keys`/`values` are this layer's pool `[pages, page, kv, d]`."""
+        rows, n, _ = x.shape
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        qkv = self.qkv(_rms_norm(x, self.norm_in, self.eps))
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(rows, n, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(rows, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        keys[write_pages, write_offsets] = k.transpose(1, 2)
+        values[write_pages, write_offsets] = v.view(rows, n, self.kv_heads, self.head_dim)
+        length = read_pages.shape[1] * keys.shape[1]
+        past_k = keys[read_pages].view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        past_v = values[read_pages].view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, past_k, past_v, attn_mask=mask, scale=self.scaling, enable_gqa=True
+        )
+        x = x + self.o(out.transpose(1, 2).reshape(rows, n, q_size))
+        gate, up = self.gate_up(_rms_norm(x, self.norm_post, self.eps)).chunk(2, dim=-1)
+        result: torch.Tensor = x + self.down(F.silu(gate) * up)
+        return result
+
+
+class LlamaSpanModule(nn.Module):
+    """Layers [start, end) of a Llama-family model over a paged KV cache."""
+
+    cos_table: torch.Tensor
+    sin_table: torch.Tensor
+
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        layer_tensors: dict[int, dict[str, torch.Tensor]],
+        start: int,
+        end: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            LlamaBlock(config, layer_tensors[i], dtype, device) for i in range(start, end)
+        )
+        first = self.layers[0]
+        assert isinstance(first, LlamaBlock)
+        self.kv_heads, self.head_dim = first.kv_heads, first.head_dim
+        self.max_positions = int(getattr(config, "max_position_embeddings", 8192))
+        cos, sin = _rotary_tables(config, self.max_positions, dtype, device)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, pool: PagePool
+    ) -> torch.Tensor:
+        """Run `x[rows, n, h]` at `positions[rows, n]`; `table[rows, pages]` are the rows' pages.
+
+        Position p of row r is written to its page before attention, and row r attends to
+        every position ≤ its own. All tensors are on the span's device.
+        """
+        page_size = pool.page_size
+        cos = self.cos_table[positions].unsqueeze(1)  # [rows, 1, n, d]
+        sin = self.sin_table[positions].unsqueeze(1)
+        write_pages = table.gather(1, positions // page_size)
+        write_offsets = positions % page_size
+        length = table.shape[1] * page_size
+        key_positions = torch.arange(length, device=x.device)
+        mask = (key_positions[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+        for index, layer in enumerate(self.layers):
+            x = layer(
+                x,
+                cos,
+                sin,
+                pool.keys[index],
+                pool.values[index],
+                write_pages,
+                write_offsets,
+                table,
+                mask,
+            )
+        return x
