@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 
 from peer.quant import QUANT_MODES
 from peer.server import PeerConfig, PeerServer
 from swarm.logs import setup_logging
+from swarm.main_thread import MainThreadExecutor, on_signal, run_async_with_compute
 from swarm.models import DEFAULT_MODEL
 
 
@@ -26,12 +26,10 @@ def parse_blocks(text: str) -> tuple[int, int]:
     return start, end
 
 
-async def serve(config: PeerConfig) -> int:
-    server = PeerServer(config)
+async def serve(config: PeerConfig, compute: MainThreadExecutor) -> int:
+    server = PeerServer(config, compute)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_signal(compute, stop.set)
     try:
         await server.start()
         state = server.state
@@ -70,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
     )
     try:
-        return asyncio.run(serve(config))
+        return run_async_with_compute(lambda compute: serve(config, compute))
     except KeyboardInterrupt:
         return 130
     except Exception as error:

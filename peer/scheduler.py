@@ -58,13 +58,22 @@ class SchedulerStats:
 
 
 class StepScheduler:
-    def __init__(self, span: Span, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        span: Span,
+        max_batch: int = 64,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.span = span
         self.max_batch = max_batch
         self.stats = SchedulerStats()
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._deferred: list[_Step] = []
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="span")
+        # one compute thread: the given executor (shared, not ours to stop) or our own
+        self._owns_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="span"
+        )
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -80,7 +89,8 @@ class StepScheduler:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
         # nobody will compute what is still queued: fail it, so no handler waits forever
         pending = self._deferred
         self._deferred = []
