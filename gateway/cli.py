@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         queue_timeout=args.queue_timeout,
         max_queued=args.max_queued,
+        device=args.device,
     )
 
     def ready(url: str) -> None:
@@ -52,5 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--queue-timeout", type=float, default=10.0, help="seconds to wait for cache space"
     )
     parser.add_argument("--max-queued", type=int, default=64, help="requests waiting at most")
+    parser.add_argument("--device", default="cpu", help="where the head runs (cpu, cuda)")
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import torch
 import uvicorn
 
 from gateway.app import create_app
@@ -45,13 +46,17 @@ class GatewayConfig:
     queue_timeout: float = 10.0  # seconds a request waits for cache space before a 503
     max_queued: int = 64  # requests waiting for cache space at most
     max_body_bytes: int = 4 << 20
+    device: str = "cpu"  # where the head (embeddings, final norm, LM head) runs
 
 
-def load_served_model(name: str) -> ServedModel:
+def load_served_model(name: str, device: str = "cpu") -> ServedModel:
     weights = load_weights(name)
     entry = find_entry(name)
     aliases = entry.aliases if entry else ()
-    return ServedModel(weights.name, tuple(aliases), weights, Head(weights))
+    # fp32 on the CPU; on a GPU the head runs in bf16 like the peers (logits come out fp32)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    head = Head(weights, dtype=dtype, device=device)
+    return ServedModel(weights.name, tuple(aliases), weights, head)
 
 
 async def _refresh_loop(view: SwarmView, period: float) -> None:
@@ -65,7 +70,10 @@ async def _refresh_loop(view: SwarmView, period: float) -> None:
 
 async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> int:
     loop = asyncio.get_running_loop()
-    models = [await loop.run_in_executor(None, load_served_model, name) for name in config.models]
+    models = [
+        await loop.run_in_executor(None, load_served_model, name, config.device)
+        for name in config.models
+    ]
     node = P2PNode(dht_mode="client", bootstrap=config.bootstrap)
     register_validators(node)
     await node.start()

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     bounds = even_bounds(weights.num_blocks, args.peers)
     peers: list[subprocess.Popen[str]] = []
     workdir = Path(tempfile.mkdtemp(prefix="swarmgate-up-"))
-    extra = ["--dtype", args.dtype, *(["--metrics-port", "0"] if args.peer_metrics else [])]
+    extra = ["--dtype", args.dtype, "--device", args.device]
+    extra += ["--metrics-port", "0"] if args.peer_metrics else []
     try:
         bootstrap: str | None = None
         print(
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             models=[args.model],
             redis_url=args.redis_url,
             api_keys=[args.api_key] if args.api_key else [],
+            device=args.device,
         )
 
         def announce(url: str) -> None:
@@ -131,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="cpu", help="device of the peers and the head")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--api-key", default=None)

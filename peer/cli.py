@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         rebalance_period=args.rebalance_period,
         join_jitter=args.join_jitter,
         metrics_port=args.metrics_port,
+        batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
     try:
         return run_async_with_compute(lambda compute: serve(config, compute))
@@ -93,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-tokens", type=int, help="KV-cache budget in tokens")
     parser.add_argument("--identity", type=Path, help="Ed25519 identity file (kept peer id)")
     parser.add_argument("--rebalance-period", type=float, default=180.0, help="seconds")
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=None,
+        help="how long a decode step waits for other sessions' steps to batch with "
+        "(0: never; default 8 on a CPU, 2 on a GPU)",
+    )
     parser.add_argument("--join-jitter", type=float, default=2.0, help="seconds")
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: any)"

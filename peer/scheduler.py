@@ -63,9 +63,13 @@ class StepScheduler:
         span: Span,
         max_batch: int = 64,
         executor: concurrent.futures.Executor | None = None,
+        window: float = 0.0,
+        active: Callable[[], int] | None = None,
     ) -> None:
         self.span = span
         self.max_batch = max_batch
+        self.window = window  # seconds to wait for the steps of other decoding sessions
+        self.active = active  # how many sessions are decoding now
         self.stats = SchedulerStats()
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._deferred: list[_Step] = []
@@ -147,7 +151,8 @@ class StepScheduler:
             caches = [items[i].session.cache for i in batch]  # type: ignore[union-attr]
             try:
                 began = time.perf_counter()
-                output = self.span.forward_many(hidden, caches)
+                # results leave the device here, so the measured time is the real compute
+                output = self.span.forward_many(hidden, caches).to("cpu", hidden.dtype)
                 for row, i in enumerate(batch):
                     results[i] = output[row : row + 1]
                 self.stats.record(len(batch), time.perf_counter() - began)
@@ -160,14 +165,32 @@ class StepScheduler:
             try:
                 began = time.perf_counter()
                 if item.session is None:
-                    results[i] = self.span.forward(item.hidden, self.span.new_cache(), 0)
+                    cache = self.span.new_cache()
+                    try:
+                        output = self.span.forward(item.hidden, cache, 0)
+                    finally:
+                        cache.release()
                 else:
-                    results[i] = self.span.forward(item.hidden, item.session.cache, item.position)
+                    output = self.span.forward(item.hidden, item.session.cache, item.position)
+                results[i] = output.to("cpu", item.hidden.dtype)
                 self.stats.record(1, time.perf_counter() - began)
             except Exception as error:
                 results[i] = error
         self.stats.steps += len(items)
         return [results[i] for i in range(len(items))]
+
+    async def _gather_window(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait up to `window` seconds while fewer steps are queued than sessions are decoding.
+
+        Steps of concurrent sessions reach a peer one by one (each comes back from the client
+        and the hops before); a short wait lets them join one batched forward instead of
+        running as a string of small ones.
+        """
+        if self.window <= 0 or self.active is None:
+            return
+        deadline = loop.time() + self.window
+        while self.queue_length < self.active() and loop.time() < deadline:
+            await asyncio.sleep(self.window / 8)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,6 +198,7 @@ class StepScheduler:
             if not self._deferred:
                 first = await self._queue.get()
                 self._deferred.append(first)
+            await self._gather_window(loop)
             items = self._take_batch()
             if not items:
                 continue

@@ -56,6 +56,8 @@ class PeerConfig:
     identity: Path | None = None
     max_length: int | None = None
     idle_timeout: float = 300.0
+    # seconds a decode step waits for other decoding sessions' steps (None: by device)
+    batch_window: float | None = None
     rebalance_period: float = 180.0
     join_jitter: float = 2.0
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1 (0: a free port)
@@ -223,7 +225,15 @@ class PeerServer:
         slack = 64 * span.page_size
         up_front = total if self.device.type == "cuda" else min(total, 8192)
         await loop.run_in_executor(self.compute, span.reserve_cache, up_front + slack)
-        scheduler = StepScheduler(span, executor=self.compute)
+        sessions = SessionTable(span, budget, config.idle_timeout)
+        scheduler = StepScheduler(
+            span,
+            executor=self.compute,
+            window=config.batch_window
+            if config.batch_window is not None
+            else (0.002 if self.device.type == "cuda" else 0.008),
+            active=sessions.decoding,
+        )
         scheduler.stats.observe = self.metrics.observe if self.metrics is not None else None
         scheduler.start()
         old = self.state
@@ -238,7 +248,7 @@ class PeerServer:
             quant=config.quant,
             hidden_size=span.hidden_size,
             max_length=min(max_length, total),
-            sessions=SessionTable(span, budget, config.idle_timeout),
+            sessions=sessions,
             scheduler=scheduler,
             throughput_decode=throughput.decode,
             throughput_prefill=throughput.prefill,

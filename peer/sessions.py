@@ -52,6 +52,10 @@ class SessionTable:
         self.sessions[session_id] = session
         return session
 
+    def decoding(self) -> int:
+        """Attached sessions past their prefill (their next steps can be batched)."""
+        return sum(1 for s in self.sessions.values() if s.attached and s.cache.length > 0)
+
     def _rounded(self, length: int) -> int:
         """Tokens a row of `length` positions occupies: caches are allocated in whole pages."""
         page = int(getattr(self.span, "page_size", 1))

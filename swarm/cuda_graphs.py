@@ -4,8 +4,9 @@ A decode step of `rows` sessions depends only on (rows, pages per row), so it is
 per bucket — rows rounded up to a power of two, pages too — and replayed with its inputs copied
 into the graph's static tensors. Padding rows point at the pool's scratch page. Launching one
 graph replaces hundreds of kernel launches from Python, which is what bounds eager decoding of
-a large model at small batch. Graphs are captured lazily, share one memory pool, and are dropped
-when the page pool reallocates its tensors.
+a large model at small batch. Graphs are captured lazily, each with its own memory (sharing one
+pool between captures trips an allocator assertion in torch 2.11), and are dropped when the
+page pool reallocates its tensors.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class DecodeGraphs:
         self.module, self.pool, self.hidden_size = module, pool, hidden_size
         self._graphs: dict[tuple[int, int], _Captured] = {}
         self._generation = pool.generation
-        self._memory = torch.cuda.graph_pool_handle()
         self.failed = False
 
     def fits(self, rows: int, pages: int) -> bool:
@@ -63,7 +63,7 @@ class DecodeGraphs:
                 self.module(hidden, positions, table, self.pool)
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._memory):
+        with torch.cuda.graph(graph):
             output = self.module(hidden, positions, table, self.pool)
         log.info("captured a decode graph for %d rows x %d pages", rows, pages)
         return _Captured(graph, hidden, positions, table, output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -217,6 +218,10 @@ class RandomWeights:
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The borrowed tokenizer, loaded on first use (peers never need it)."""
+        folder = os.environ.get("SWARMGATE_RANDOM_TOKENIZER")
+        if folder:  # a tokenizer folder, for machines without the embedded model's package
+            tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+            return tokenizer
         if self.tokenizer_model is None:
             raise RuntimeError(f"{self.name} has no tokenizer")
         from swarm.models.registry import load_weights

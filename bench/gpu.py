@@ -1,0 +1,242 @@
+"""The whole stack on one GPU: random Llama-3-8B (bf16), two peers + gateway, vs. its baselines.
+
+Run with the `device` tool on an H200. In one run it measures:
+- the HBM roofline: bytes of weights read per decoded token / measured copy bandwidth;
+- transformers `generate` of the same model in this process, batch 1 and batch 32 (greedy);
+- `swarmgate up --model random:llama-3-8b --peers 2 --device cuda --dtype bfloat16`: one
+  stream (OpenAI SDK, streaming), 32 concurrent streams, and the gateway's overhead on a
+  request: client latency minus the peers' own compute for it (from their /metrics).
+Prints a table (every figure also as a ratio to its baseline) and writes $OUT/gpu.json.
+Random weights borrow the embedded model's tokenizer (SWARMGATE_RANDOM_TOKENIZER may point at
+a tokenizer folder on machines without it).
+
+    python bench/gpu.py [--tokens 128] [--streams 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from swarm.models import load_weights  # noqa: E402
+from swarm.models.reference import build_full_model  # noqa: E402
+from tests.procs import start  # noqa: E402
+
+MODEL = "random:llama-3-8b"
+PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write), best of 10."""
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(10):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    del src, dst
+    return 2 * (2 << 30) / best
+
+
+def baseline_generate(tokens: int, batches: list[int]) -> tuple[dict[int, float], int]:
+    """transformers `generate` tok/s per batch size, and the bytes of weights read per token."""
+    weights = load_weights(MODEL)
+    print("building the whole model for the generate baseline...", flush=True)
+    model = build_full_model(weights).to(device="cuda", dtype=torch.bfloat16)
+    read_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters())
+    read_bytes -= model.get_input_embeddings().weight.numel() * 2  # embedding rows: a gather
+    results = {}
+    for batch in batches:
+        ids = torch.randint(100, 40000, (batch, 24), device="cuda")
+        kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": 0}
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm up
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, **kwargs)
+        torch.cuda.synchronize()
+        results[batch] = batch * tokens / (time.perf_counter() - started)
+        print(f"generate batch {batch}: {results[batch]:.1f} tok/s", flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return results, read_bytes
+
+
+def peer_compute_seconds(urls: list[str]) -> float:
+    total = 0.0
+    for url in urls:
+        for line in httpx.get(url, timeout=10).text.splitlines():
+            if line.startswith("swarmgate_peer_step_seconds_sum"):
+                total += float(line.split()[-1])
+    return total
+
+
+def stream_once(client: openai.OpenAI, tokens: int) -> dict[str, float]:
+    started = time.perf_counter()
+    first = last = 0.0
+    usage = None
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=PROMPT,  # type: ignore[arg-type]
+        max_tokens=tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        now = time.perf_counter()
+        first = first or now
+        last = now
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert usage is not None
+    count = usage.completion_tokens
+    return {
+        "ttft_ms": (first - started) * 1e3,
+        "tokens": count,
+        "tok_s": (count - 1) / max(last - first, 1e-9),
+    }
+
+
+async def many_streams(base_url: str, streams: int, tokens: int) -> dict[str, float]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+
+    async def one() -> int:
+        reply = await client.chat.completions.create(
+            model=MODEL,
+            messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        count = 0
+        async for chunk in reply:
+            if chunk.usage is not None:
+                count = chunk.usage.completion_tokens
+        return count
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one() for _ in range(streams)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return {"streams": streams, "tokens": sum(counts), "tok_s": sum(counts) / elapsed}
+
+
+def overhead(client: openai.OpenAI, peer_urls: list[str], rounds: int) -> dict[str, float]:
+    """Client latency of a 1-token request minus the peers' compute for it."""
+    values, latencies = [], []
+    for _ in range(rounds):
+        before = peer_compute_seconds(peer_urls)
+        started = time.perf_counter()
+        client.chat.completions.create(
+            model=MODEL,
+            messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=1,
+            temperature=0,
+        )
+        latency = time.perf_counter() - started
+        compute = peer_compute_seconds(peer_urls) - before
+        latencies.append(latency * 1e3)
+        values.append((latency - compute) * 1e3)
+    return {
+        "latency_p50_ms": statistics.median(latencies),
+        "overhead_p50_ms": statistics.median(values),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--skip-generate", action="store_true")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
+    bandwidth = copy_bandwidth()
+    generate, read_bytes = (
+        ({}, 0) if args.skip_generate else baseline_generate(args.tokens, [1, 32])
+    )
+    result["copy_bandwidth_gbs"] = bandwidth / 1e9
+    result["weights_read_gb"] = read_bytes / 1e9
+    roofline = bandwidth / read_bytes if read_bytes else float("nan")
+    result["roofline_tok_s"] = roofline
+    result["generate_tok_s"] = generate
+    print("starting swarmgate up (2 peers, cuda, bf16)...", flush=True)
+    proc = start(
+        [
+            "up",
+            "--model",
+            MODEL,
+            "--peers",
+            "2",
+            "--device",
+            "cuda",
+            "--dtype",
+            "bfloat16",
+            "--port",
+            "0",
+            "--peer-metrics",
+        ],
+        "GATEWAY_READY ",
+        timeout=900,
+    )
+    try:
+        base_url = f"{proc.ready['url']}/v1"
+        peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+        stream_once(client, 16)  # warm up (graph capture, allocator)
+        singles = [stream_once(client, args.tokens) for _ in range(3)]
+        result["single"] = {
+            "tok_s": statistics.median(s["tok_s"] for s in singles),
+            "ttft_ms": statistics.median(s["ttft_ms"] for s in singles),
+        }
+        print("single stream:", result["single"], flush=True)
+        result["overhead"] = overhead(client, peer_urls, 10)
+        print("gateway overhead:", result["overhead"], flush=True)
+        asyncio.run(many_streams(base_url, args.streams, 16))  # warm up the batch buckets
+        result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
+        print("concurrent:", result["concurrent"], flush=True)
+    finally:
+        code = proc.stop(timeout=60)
+        if code != 0:
+            print(proc.output[-3000:])
+    gen1, gen32 = generate.get(1, float("nan")), generate.get(32, float("nan"))
+    single, many = result["single"]["tok_s"], result["concurrent"]["tok_s"]
+    rows = [
+        ("HBM roofline, batch 1", roofline, "1.00 (bound)"),
+        ("transformers generate, batch 1", gen1, f"{gen1 / roofline:.2f} of roofline"),
+        ("transformers generate, batch 32", gen32, f"{gen32 / gen1:.2f}x generate bs1"),
+        ("swarmgate, 1 stream", single, f"{single / gen1:.2f}x generate bs1"),
+        ("swarmgate, 32 streams", many, f"{many / gen32:.2f}x generate bs32"),
+    ]
+    print(f"\n{'setup':34} {'tok/s':>9}  ratio")
+    for name, value, ratio in rows:
+        print(f"{name:34} {value:>9.1f}  {ratio}")
+    print(
+        f"single-stream TTFT {result['single']['ttft_ms']:.1f} ms; gateway overhead on a request "
+        f"(latency minus peers' compute) p50 {result['overhead']['overhead_p50_ms']:.2f} ms"
+    )
+    result["rows"] = [{"setup": n, "tok_s": v, "ratio": r} for n, v, r in rows]
+    out = Path(os.environ.get("OUT", "bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
