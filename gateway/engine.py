@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gateway.detokenize import IncrementalDecoder
+from gateway.head_batch import HeadBatcher
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Bans, find_route
 from gateway.sampling import Sampler, SamplingParams
@@ -144,6 +145,7 @@ class Engine:
         self.store_errors = 0
         self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
+        self._head_batchers: dict[str, HeadBatcher] = {}
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:
@@ -202,6 +204,13 @@ class Engine:
             if p.peer_id in {h.peer_id for h in hops}
         }
         return quants.pop() if len(quants) == 1 else None
+
+    def _batcher(self, model: ServedModel) -> HeadBatcher:
+        batcher = self._head_batchers.get(model.name)
+        if batcher is None:
+            batcher = HeadBatcher(model.head.logits, self._head_pool)
+            self._head_batchers[model.name] = batcher
+        return batcher
 
     async def _run_head(self, fn: object, *args: object) -> torch.Tensor:
         loop = asyncio.get_running_loop()
@@ -356,7 +365,7 @@ class Engine:
             new_ids = prompt_ids[len(live.fed) :]
             hidden = await self._step(model, live, torch.tensor([new_ids] * n))
             for _step in range(max_tokens):
-                logits = await self._run_head(head.logits, hidden[:, -1:])
+                logits = await self._batcher(model).logits(hidden[:, -1:])
                 deltas = [
                     self._advance(model, choice, logits[choice.index, -1], eos)
                     for choice in choices

@@ -1,0 +1,54 @@
+"""The head batcher: concurrent logits requests share one pass; each gets its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import pytest
+import torch
+
+from gateway.head_batch import HeadBatcher
+
+WEIGHT = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
+
+
+def slow_logits(hidden: torch.Tensor) -> torch.Tensor:
+    time.sleep(0.05)  # long enough for the other callers to queue up
+    return hidden @ WEIGHT.T
+
+
+def test_waiting_requests_share_one_pass_and_get_their_own_rows() -> None:
+    async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[torch.Tensor]]:
+        batcher = HeadBatcher(slow_logits, concurrent.futures.ThreadPoolExecutor(1))
+        inputs = [torch.randn(b, 1, 4) for b in (1, 2, 1, 3)]
+        first = asyncio.create_task(batcher.logits(inputs[0]))
+        await asyncio.sleep(0.01)  # the first pass is running: the rest wait together
+        rest = await asyncio.gather(*(batcher.logits(x) for x in inputs[1:]))
+        return batcher, inputs, [await first, *rest]
+
+    batcher, inputs, outputs = asyncio.run(main())
+    assert batcher.passes == 2 and batcher.rows == 7
+    for x, out in zip(inputs, outputs, strict=True):
+        assert out.shape == (x.shape[0], 1, 7)
+        assert torch.allclose(out, x @ WEIGHT.T)
+
+
+def test_a_failed_pass_fails_its_waiters_and_the_batcher_recovers() -> None:
+    calls = 0
+
+    def flaky(hidden: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("device lost")
+        return hidden @ WEIGHT.T
+
+    async def main() -> torch.Tensor:
+        batcher = HeadBatcher(flaky, concurrent.futures.ThreadPoolExecutor(1))
+        with pytest.raises(RuntimeError, match="device lost"):
+            await batcher.logits(torch.randn(1, 1, 4))
+        return await batcher.logits(torch.ones(1, 1, 4))
+
+    assert torch.allclose(asyncio.run(main()), torch.ones(1, 1, 4) @ WEIGHT.T)
