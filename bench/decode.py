@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.overhead import overhead  # noqa: E402
 from swarm.head import Head  # noqa: E402
 from swarm.logs import quiet_third_party_logs  # noqa: E402
 from swarm.models import DEFAULT_MODEL, load_weights  # noqa: E402
@@ -76,7 +78,6 @@ def summarize(started: float, stamps: list[float]) -> dict[str, float]:
 
 
 def through_swarm(url: str, prompt: str, tokens: int) -> dict[str, float]:
-    import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
     messages = [{"role": "user", "content": prompt}]
@@ -124,13 +125,20 @@ def main() -> None:
                 **baseline(ids, args.tokens),
             }
         )
+    gateway: dict[int, dict[str, float]] = {}
     for peers in args.peers:
         print(f"starting swarmgate up with {peers} peers...", flush=True)
-        proc = start(["up", "--port", "0", "--peers", str(peers)], "GATEWAY_READY ")
+        proc = start(
+            ["up", "--port", "0", "--peers", str(peers), "--peer-metrics"], "GATEWAY_READY "
+        )
         try:
             for label, prompt in (("short", SHORT), ("500-token", LONG)):
                 result = through_swarm(str(proc.ready["url"]), prompt, args.tokens)
                 rows.append({"setup": f"swarmgate up, {peers} peers", "prompt": label, **result})
+            client = openai.OpenAI(base_url=f"{proc.ready['url']}/v1", api_key="x", max_retries=0)
+            peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
+            prompt = [{"role": "user", "content": SHORT}]
+            gateway[peers] = overhead(client, DEFAULT_MODEL, prompt, peer_urls, 10)
         finally:
             proc.stop(timeout=60)
     base = {r["prompt"]: r for r in rows if r["setup"].startswith("generate")}
@@ -142,9 +150,15 @@ def main() -> None:
         print(
             f"{r['setup']:28} {r['prompt']:10} {r['ttft_ms']:>8.1f} {r['tok_s']:>7.1f} {r['itl_p50_ms']:>8.1f} {r['itl_p99_ms']:>8.1f} {r['tok_s_ratio']:>18.2f}"
         )
+    for peers, figures in gateway.items():
+        print(
+            f"{peers} peers: 1-token request {figures['latency_p50_ms']:.1f} ms p50, of which "
+            f"gateway + network + head (not the peers' compute) {figures['overhead_p50_ms']:.1f} ms"
+        )
     out = ROOT / "bench-out"
     out.mkdir(exist_ok=True)
     (out / "decode.json").write_text(json.dumps(rows, indent=1))
+    (out / "decode_overhead.json").write_text(json.dumps(gateway, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.overhead import overhead  # noqa: E402
 from swarm.models import load_weights  # noqa: E402
 from swarm.models.reference import build_full_model  # noqa: E402
 from tests.procs import start  # noqa: E402
@@ -76,15 +76,6 @@ def baseline_generate(tokens: int, batches: list[int]) -> tuple[dict[int, float]
     del model
     torch.cuda.empty_cache()
     return results, read_bytes
-
-
-def peer_compute_seconds(urls: list[str]) -> float:
-    total = 0.0
-    for url in urls:
-        for line in httpx.get(url, timeout=10).text.splitlines():
-            if line.startswith("swarmgate_peer_step_seconds_sum"):
-                total += float(line.split()[-1])
-    return total
 
 
 def stream_once(client: openai.OpenAI, tokens: int) -> dict[str, float]:
@@ -139,28 +130,6 @@ async def many_streams(base_url: str, streams: int, tokens: int) -> dict[str, fl
     return {"streams": streams, "tokens": sum(counts), "tok_s": sum(counts) / elapsed}
 
 
-def overhead(client: openai.OpenAI, peer_urls: list[str], rounds: int) -> dict[str, float]:
-    """Client latency of a 1-token request minus the peers' compute for it."""
-    values, latencies = [], []
-    for _ in range(rounds):
-        before = peer_compute_seconds(peer_urls)
-        started = time.perf_counter()
-        client.chat.completions.create(
-            model=MODEL,
-            messages=PROMPT,  # type: ignore[arg-type]
-            max_tokens=1,
-            temperature=0,
-        )
-        latency = time.perf_counter() - started
-        compute = peer_compute_seconds(peer_urls) - before
-        latencies.append(latency * 1e3)
-        values.append((latency - compute) * 1e3)
-    return {
-        "latency_p50_ms": statistics.median(latencies),
-        "overhead_p50_ms": statistics.median(values),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
@@ -207,7 +176,7 @@ def main() -> None:
             "ttft_ms": statistics.median(s["ttft_ms"] for s in singles),
         }
         print("single stream:", result["single"], flush=True)
-        result["overhead"] = overhead(client, peer_urls, 10)
+        result["overhead"] = overhead(client, MODEL, PROMPT, peer_urls, 10)
         print("gateway overhead:", result["overhead"], flush=True)
         asyncio.run(many_streams(base_url, args.streams, 16))  # warm up the batch buckets
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
