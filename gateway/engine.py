@@ -185,7 +185,7 @@ class Engine:
                 if hops:
                     return hops
             if attempt == 0:
-                await self.view.refresh([model.model_hash])
+                await self.view.refresh([model.model_hash], fresh=True)
         raise NoRouteError(f"no chain of peers covers blocks [{start}, {end}) of {model.name}")
 
     def _precision_classes(self, peers: list[PeerView], quant: str | None) -> list[list[PeerView]]:

@@ -179,7 +179,7 @@ class PeerServer:
 
     async def _served_spans(self, model_hash: str) -> list[ServedSpan]:
         assert self.view is not None and self.node is not None
-        snapshot = await self.view.refresh([model_hash])
+        snapshot = await self.view.refresh([model_hash], fresh=True)
         model = snapshot.models.get(model_hash)
         if model is None:
             return []

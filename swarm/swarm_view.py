@@ -151,8 +151,13 @@ class SwarmView:
         concurrency: int = 8,
         max_providers: int = 20,
         clock: Clock = time.time,
+        providers_ttl: float = 15.0,
     ) -> None:
         self.node = node
+        # provider lookups (one per block, each a DHT walk) are reused for `providers_ttl`
+        # seconds; peer records are fetched on every refresh
+        self.providers_ttl = providers_ttl
+        self._provider_cache: dict[str, tuple[float, set[str]]] = {}
         self.ping = ping
         self.ping_timeout = ping_timeout
         self.concurrency = concurrency
@@ -178,6 +183,15 @@ class SwarmView:
             if rec is not None and rec.online and not rec.expired(now):
                 out[pid] = rec
         return out
+
+    async def _cached_providers(self, model_hash: str, num_blocks: int, fresh: bool) -> set[str]:
+        now = self.clock()
+        cached = self._provider_cache.get(model_hash)
+        if not fresh and cached is not None and now - cached[0] < self.providers_ttl:
+            return cached[1]
+        found = await self._providers(model_hash, num_blocks)
+        self._provider_cache[model_hash] = (now, found)
+        return found
 
     async def _providers(self, model_hash: str, num_blocks: int) -> set[str]:
         def find(block: int) -> Callable[[], Awaitable[list[tuple[str, list[str]]]]]:
@@ -216,9 +230,12 @@ class SwarmView:
             else:
                 p.rtt, p.reachable = r, True
 
-    async def refresh(self, model_hashes: Sequence[str] | None = None) -> SwarmSnapshot:
+    async def refresh(
+        self, model_hashes: Sequence[str] | None = None, fresh: bool = False
+    ) -> SwarmSnapshot:
         """Rebuild the snapshot; `model_hashes` limits it to those models (default: every
-        model that a known peer serves)."""
+        model that a known peer serves). `fresh` looks providers up again even when the last
+        lookup is recent."""
         known = [pid for pid, _addrs in await self.node.known_peers()]
         records = await self._peer_records([*known, self.node.peer_id])
         wanted = list(model_hashes) if model_hashes is not None else []
@@ -230,7 +247,7 @@ class SwarmView:
             mrec = await self._model(model_hash)
             ends = [r.end for r in records.values() if r.model_hash == model_hash]
             num_blocks = mrec.num_blocks if mrec else max(ends, default=0)
-            providers = await self._providers(model_hash, num_blocks)
+            providers = await self._cached_providers(model_hash, num_blocks, fresh)
             missing = [p for p in providers if p not in records]
             records.update(await self._peer_records(missing))
             serving = [PeerView(r) for r in records.values() if r.model_hash == model_hash]

@@ -9,9 +9,10 @@ from contextlib import AsyncExitStack
 
 from swarm.announce import Announcer
 from swarm.p2p import P2PNode
-from swarm.records import ModelRecord, PeerRecord, block_key, register_validators
+from swarm.records import ModelRecord, PeerRecord, block_key, model_key, register_validators
 from swarm.swarm_cli import render
 from swarm.swarm_view import SwarmView
+from swarm.wire import NOT_FOUND, WireError
 
 MODEL = "cd" * 32
 
@@ -79,3 +80,45 @@ def test_a_peer_that_died_is_listed_unreachable_and_covers_nothing() -> None:
             assert m.coverage() == [0, 0]
 
     asyncio.run(main())
+
+
+class _CountingNode:
+    """A node that knows a 3-block model and nobody serving it; counts provider lookups."""
+
+    peer_id = "gateway"
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def known_peers(self) -> list[tuple[str, list[str]]]:
+        return []
+
+    async def get(self, key: str) -> bytes:
+        if key == model_key(MODEL):
+            return ModelRecord("tiny", MODEL, "llama", 3, 32, ts=99.0).to_bytes()
+        raise WireError(NOT_FOUND, key)
+
+    async def find_providers(self, key: str, count: int) -> list[tuple[str, list[str]]]:
+        self.lookups += 1
+        return []
+
+
+def test_provider_lookups_are_reused_within_their_ttl_unless_fresh() -> None:
+    now = [100.0]
+    node = _CountingNode()
+    view = SwarmView(node, ping=False, clock=lambda: now[0], providers_ttl=15.0)  # type: ignore[arg-type]
+
+    async def refresh(fresh: bool = False) -> None:
+        await view.refresh([MODEL], fresh=fresh)
+
+    asyncio.run(refresh())
+    first = node.lookups
+    assert first > 0
+    now[0] += 10
+    asyncio.run(refresh())
+    assert node.lookups == first  # within the TTL: no DHT walk
+    asyncio.run(refresh(fresh=True))
+    assert node.lookups == 2 * first  # asked for: walked again
+    now[0] += 16
+    asyncio.run(refresh())
+    assert node.lookups == 3 * first  # expired: walked again
