@@ -78,18 +78,23 @@ def baseline_generate(tokens: int, batches: list[int]) -> tuple[dict[int, float]
     return results, read_bytes
 
 
+def streaming_request(tokens: int) -> dict[str, Any]:
+    """Greedy, streaming, with the usage chunk at the end (it counts the tokens)."""
+    return {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
 def stream_once(client: openai.OpenAI, tokens: int) -> dict[str, float]:
     started = time.perf_counter()
     first = last = 0.0
     usage = None
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=PROMPT,  # type: ignore[arg-type]
-        max_tokens=tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = client.chat.completions.create(**streaming_request(tokens))
     for chunk in stream:
         now = time.perf_counter()
         first = first or now
@@ -109,14 +114,7 @@ async def many_streams(base_url: str, streams: int, tokens: int) -> dict[str, fl
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
 
     async def one() -> int:
-        reply = await client.chat.completions.create(
-            model=MODEL,
-            messages=PROMPT,  # type: ignore[arg-type]
-            max_tokens=tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
+        reply = await client.chat.completions.create(**streaming_request(tokens))
         count = 0
         async for chunk in reply:
             if chunk.usage is not None:
