@@ -152,7 +152,7 @@ def main() -> None:
         )
     for peers, figures in gateway.items():
         print(
-            f"{peers} peers: 1-token request {figures['latency_p50_ms']:.1f} ms p50, of which "
+            f"{peers} peers: one-prefill request {figures['latency_p50_ms']:.1f} ms p50, of which "
             f"gateway + network + head (not the peers' compute) {figures['overhead_p50_ms']:.1f} ms"
         )
     out = ROOT / "bench-out"

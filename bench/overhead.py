@@ -1,8 +1,10 @@
 """The gateway's own time on a request: client latency minus the peers' compute for it.
 
-A 1-token request's latency, minus the growth of the peers' `swarmgate_peer_step_seconds_sum`
-(their compute, scraped from `--peer-metrics` endpoints before and after), is what the gateway,
-the network and the head add. Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
+A request whose first token is forced to be end-of-sequence is exactly one prefill through the
+chain: its latency is the time to first token plus the closing of the session. That latency,
+minus the growth of the peers' `swarmgate_peer_step_seconds_sum` (their compute, scraped from
+`--peer-metrics` endpoints before and after), is what the gateway, the network and the head add
+to the time to first token. Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def overhead(
     prompt: list[dict[str, str]],
     peer_urls: list[str],
     rounds: int,
+    eos_token: int = 2,
 ) -> dict[str, float]:
-    """Client latency of a 1-token request minus the peers' compute for it."""
+    """Client latency of a one-prefill request minus the peers' compute for it."""
     values, latencies = [], []
     for _ in range(rounds):
         before = peer_compute_seconds(peer_urls)
@@ -40,6 +43,7 @@ def overhead(
             messages=prompt,  # type: ignore[arg-type]
             max_tokens=1,
             temperature=0,
+            logit_bias={str(eos_token): 100},  # the first token ends the reply: one prefill
         )
         latency = time.perf_counter() - started
         compute = peer_compute_seconds(peer_urls) - before

@@ -6,6 +6,7 @@ the session stays usable). Model compute goes through the step scheduler, never 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ log = logging.getLogger("swarmgate.peer")
 MAX_BATCH = 64
 MAX_KEEP_ALIVE = 3600.0
 MAX_SESSIONS_PER_REMOTE = 256  # open inference streams one remote peer may hold at once
+RESUME_WAIT = 2.0  # seconds a resume waits for the session's previous stream to finish closing
 
 
 @dataclass
@@ -113,11 +115,19 @@ async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessi
     if state.moving:
         raise WireError(BUSY, "this peer is moving to other blocks")
     if header.get("resume"):
-        try:
-            resumed = state.sessions.attach(session_id, max_length)
-        except BudgetExceededError as error:
-            state.counters.busy_refusals += 1
-            raise WireError(BUSY, str(error)) from None
+        # the client's close of the turn that kept this session may still be on its way
+        deadline = time.monotonic() + RESUME_WAIT
+        while True:
+            try:
+                resumed = state.sessions.attach(session_id, max_length)
+            except BudgetExceededError as error:
+                state.counters.busy_refusals += 1
+                raise WireError(BUSY, str(error)) from None
+            if resumed is not None or not state.sessions.in_use(session_id):
+                break
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
         if resumed is None:
             raise WireError(NOT_FOUND, "no such kept session (expired, in use or never opened)")
         state.counters.sessions_resumed += 1

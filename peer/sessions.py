@@ -52,6 +52,11 @@ class SessionTable:
         self.sessions[session_id] = session
         return session
 
+    def in_use(self, session_id: str) -> bool:
+        """Is the session open with a stream attached?"""
+        session = self.sessions.get(session_id)
+        return session is not None and session.attached
+
     def decoding(self) -> int:
         """Attached sessions past their prefill (their next steps can be batched)."""
         return sum(1 for s in self.sessions.values() if s.attached and s.cache.length > 0)
