@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -186,6 +187,9 @@ async def serve_commands(args: argparse.Namespace) -> int:
             await driver.announcer.stop(offline=False)
         await node.stop()
     await asyncio.sleep(0)  # let the closed pipe transport release its fd
+    # a socket object of a closed connection that sits in a reference cycle keeps its fd until
+    # the collector finalizes it: only what is still referenced after a collection is a leak
+    gc.collect()
     leaked = [fd for fd in open_fds() if fd not in fds_before and "/proc/" not in fd]
     emit(
         {
