@@ -45,14 +45,12 @@ class SchedulerStats:
     steps: int = 0
     forwards: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
-    compute_seconds: float = 0.0
     # called on the compute thread after each forward with (batch size, seconds it took)
     observe: Callable[[int, float], None] | None = None
 
     def record(self, batch: int, seconds: float) -> None:
         self.batch_sizes[batch] += 1
         self.forwards += 1
-        self.compute_seconds += seconds
         if self.observe is not None:
             self.observe(batch, seconds)
 

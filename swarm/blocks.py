@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -210,7 +211,7 @@ class Span:
             raise ValueError("forward_many needs prefilled sessions of batch 1")
         if self.pool is not None:
             self.pool.begin_step()
-            paged = [c for c in caches if isinstance(c, PagedCache)]
+            paged = cast(list[PagedCache], caches)  # a paged span hands out only these
             for cache, length in zip(paged, lengths, strict=True):
                 cache.prepare(1, length + 1)
             pages = self.pool.pages_for(max(lengths) + 1)

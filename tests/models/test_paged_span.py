@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from swarm.blocks import Span
+from swarm.cuda_graphs import bucket
 from swarm.kv_pages import PagedCache
+from swarm.llama_span import LlamaSpanModule
 from swarm.models import Weights
 
 TOLERANCE = 1e-5  # relative to the largest activation (these layers have outliers in the 100s)
@@ -92,3 +94,33 @@ def test_pool_growth_keeps_every_session(smollm2: Weights) -> None:
         fresh = span.new_cache()
         span.forward(_hidden(capacity * span.pool.page_size // 2, seed, size), fresh)
         assert torch.equal(span.forward(probe, cache), span.forward(probe, fresh))
+
+
+def test_padding_rows_and_pages_leaves_the_real_rows_unchanged(smollm2: Weights) -> None:
+    """What a captured CUDA graph replays: rows and pages rounded up, padding on scratch page 0."""
+    span = Span(smollm2, 0, 2)
+    assert span.pool is not None and isinstance(span.module, LlamaSpanModule)
+    size = span.hidden_size
+    caches = [span.new_cache() for _ in range(3)]
+    for seed, (cache, n) in enumerate(zip(caches, (5, 40, 33), strict=True)):
+        span.forward(_hidden(n, seed, size), cache)
+    lengths = [c.length for c in caches]
+    for cache, length in zip(caches, lengths, strict=True):
+        assert isinstance(cache, PagedCache)
+        cache.prepare(1, length + 1)
+    pages = span.pool.pages_for(max(lengths) + 1)
+    table = torch.cat([c.page_table(pages) for c in caches])  # type: ignore[union-attr]
+    positions = torch.tensor(lengths).unsqueeze(1)
+    x = torch.cat([_hidden(1, 50 + i, size) for i in range(3)])
+    with torch.inference_mode():
+        exact = span.module(x, positions, table, span.pool)
+        rows, padded_pages = bucket(3), bucket(pages, 4) * 2
+        xp = torch.zeros(rows, 1, size)
+        xp[:3] = x
+        pp = torch.zeros(rows, 1, dtype=torch.int64)
+        pp[:3] = positions
+        tp = torch.zeros(rows, padded_pages, dtype=torch.int64)
+        tp[:3, :pages] = table
+        padded = span.module(xp, pp, tp, span.pool)[:3]
+    assert rows == 4 and padded_pages > pages
+    assert _close(padded, exact)
