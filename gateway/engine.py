@@ -28,6 +28,7 @@ from gateway.store import KeptSession, MemoryStore, SessionStore
 from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
+from swarm.rounds import Channels
 from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
 from swarm.swarm_view import ModelView, PeerView, SwarmView
 from swarm.wire import BAD_REQUEST, BUSY, WireError
@@ -146,6 +147,7 @@ class Engine:
         self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
         self._head_batchers: dict[str, HeadBatcher] = {}
+        self.channels = Channels(node)  # one stream per peer, shared by every session
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:
@@ -281,7 +283,13 @@ class Engine:
             )
 
         session = InferenceSession(
-            self.node, model.model_hash, hops, max_length=max_length, batch=batch, reroute=reroute
+            self.node,
+            model.model_hash,
+            hops,
+            max_length=max_length,
+            batch=batch,
+            reroute=reroute,
+            channels=self.channels,
         )
         await session.open()
         self.metrics.route_opened(model.name, len(hops))
@@ -305,6 +313,7 @@ class Engine:
             max_length=max_length,
             session_id=kept.session_id,
             keep_alive=self.keep_alive,
+            channels=self.channels,
         )
         try:
             await session.open(resume=True)
@@ -442,4 +451,5 @@ class Engine:
         return delta
 
     async def close(self) -> None:
+        await self.channels.close()
         self._head_pool.shutdown(wait=False)

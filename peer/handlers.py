@@ -64,7 +64,7 @@ class PeerState:
     throughput_decode: float = 0.0
     throughput_prefill: float = 0.0
     started: float = field(default_factory=time.time)
-    streams_by_remote: dict[str, int] = field(default_factory=dict)
+    sessions_by_remote: dict[str, int] = field(default_factory=dict)
     moving: bool = False  # reloading another span: new sessions are refused
 
     def info(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def _out_dtype(hidden: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     return result.to(hidden.dtype).contiguous()
 
 
-async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Session, float]:
+async def open_session(state: PeerState, header: dict[str, Any]) -> tuple[Session, float]:
     if header.get("type") != "open":
         raise WireError(BAD_REQUEST, "the first message of a session must be 'open'")
     session_id = field_str(header, "session")
@@ -143,7 +143,7 @@ async def _open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessi
     return session, keep_alive
 
 
-async def _run_step(
+async def run_step(
     state: PeerState, session: Session, frame_header: dict[str, Any], tensors: list[torch.Tensor]
 ) -> tuple[dict[str, Any], torch.Tensor]:
     seq = field_int(frame_header, "seq", 0, 1 << 62)
@@ -168,22 +168,22 @@ async def _run_step(
 
 async def handle_inference(state: PeerState, stream: FrameStream) -> None:
     remote = stream.remote_peer_id
-    if state.streams_by_remote.get(remote, 0) >= MAX_SESSIONS_PER_REMOTE:
+    if state.sessions_by_remote.get(remote, 0) >= MAX_SESSIONS_PER_REMOTE:
         state.counters.busy_refusals += 1
         raise WireError(BUSY, f"at most {MAX_SESSIONS_PER_REMOTE} open sessions per client")
-    state.streams_by_remote[remote] = state.streams_by_remote.get(remote, 0) + 1
+    state.sessions_by_remote[remote] = state.sessions_by_remote.get(remote, 0) + 1
     try:
         await _serve_session(state, stream)
     finally:
-        state.streams_by_remote[remote] -= 1
-        if not state.streams_by_remote[remote]:
-            del state.streams_by_remote[remote]
+        state.sessions_by_remote[remote] -= 1
+        if not state.sessions_by_remote[remote]:
+            del state.sessions_by_remote[remote]
 
 
 async def _serve_session(state: PeerState, stream: FrameStream) -> None:
     frame = await stream.recv()
     frame.raise_for_error()
-    session, keep_alive = await _open_session(state, frame.header)
+    session, keep_alive = await open_session(state, frame.header)
     budget = state.sessions.budget
     try:
         await stream.send(
@@ -208,7 +208,7 @@ async def _serve_session(state: PeerState, stream: FrameStream) -> None:
                 await stream.send(error_header(BAD_REQUEST, f"unexpected message type {kind!r}"))
                 continue
             try:
-                reply, output = await _run_step(state, session, frame.header, frame.tensors)
+                reply, output = await run_step(state, session, frame.header, frame.tensors)
             except WireError as error:
                 state.counters.bad_requests += 1
                 await stream.send(error.to_header())

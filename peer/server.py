@@ -1,9 +1,10 @@
 """The peer server: loads a span, serves the peer protocols, announces itself, rebalances.
 
 `PeerServer.start()` loads only the span's blocks (in the chosen dtype, quantized if asked),
-measures its throughput, joins the swarm, serves `/swarmgate/inference/1`, `/swarmgate/forward/1`
-and `/swarmgate/info/1`, and keeps its capability record fresh. Without fixed blocks it picks
-the span where the swarm is weakest and moves when that raises the swarm's bottleneck clearly.
+measures its throughput, joins the swarm, serves `/swarmgate/sessions/1`,
+`/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`, and keeps its
+capability record fresh. Without fixed blocks it picks the span where the swarm is weakest and
+moves when that raises the swarm's bottleneck clearly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from peer.handlers import PeerState, handle_forward, handle_inference, handle_in
 from peer.memory import CacheBudget, default_cache_tokens, kv_bytes_per_token
 from peer.metrics import PeerMetrics
 from peer.quant import quantize_linears
+from peer.rounds import RoundServer
 from peer.scheduler import StepScheduler
 from peer.selection import ServedSpan, better_start, choose_start
 from peer.sessions import SessionTable
@@ -32,7 +34,13 @@ from swarm.blocks import Span
 from swarm.models import Weights, load_weights
 from swarm.models.spec import spec_of
 from swarm.p2p import FrameStream, P2PNode
-from swarm.protocol import FORWARD_PROTOCOL, INFERENCE_PROTOCOL, INFO_PROTOCOL
+from swarm.protocol import (
+    FORWARD_PROTOCOL,
+    INFERENCE_PROTOCOL,
+    INFO_PROTOCOL,
+    MAX_STEP_TOKENS,
+    SESSIONS_PROTOCOL,
+)
 from swarm.records import ModelRecord, PeerRecord, register_validators
 from swarm.swarm_view import SwarmView
 from swarm.wire import WireLimits
@@ -61,9 +69,6 @@ class PeerConfig:
     rebalance_period: float = 180.0
     join_jitter: float = 2.0
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1 (0: a free port)
-
-
-MAX_STEP_TOKENS = 8192
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -145,6 +150,7 @@ class PeerServer:
             (INFO_PROTOCOL, handle_info),
         ):
             await node.serve(protocol, self._bind(handler))
+        await node.serve(SESSIONS_PROTOCOL, self._serve_rounds)
         self.announcer = Announcer(node, self._record, self._model_record)
         await self.announcer.start()
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="expire-sessions"))
@@ -161,6 +167,13 @@ class PeerServer:
             await handler(self.state, stream)
 
         return bound
+
+    async def _serve_rounds(self, stream: FrameStream) -> None:
+        def current() -> PeerState:
+            assert self.state is not None
+            return self.state
+
+        await RoundServer(current, stream).serve()
 
     async def _pick_blocks(self, weights: Weights) -> tuple[int, int]:
         config = self.config

@@ -7,6 +7,16 @@
       →   {type: result, seq, length} + hidden[batch, n, h]
     close {type: close, keep_alive?}                   (the stream then ends)
   A step whose position is below the cache length rolls the cache back first.
+`/swarmgate/sessions/1`: one long-lived stream per (client, peer) carrying all of the client's
+  sessions with that peer; each frame is a round of operations, answered by one frame:
+    {type: round, ops: [op, ...]} + rows[P, h]  →  {type: round, results: [r, ...]} + rows[Q, h]
+  An op is an `open`, `step` or `close` message of `/swarmgate/inference/1` plus its `session`;
+  a step also declares `shape: [batch, n]`, and its positions are its batch × n consecutive rows
+  of the frame's one tensor (ops in order). Each result is the reply that op would get on its own
+  stream (`ok`, `result`, `closed` or an error); the reply's tensor holds the outputs of the
+  successful steps, in order. The steps of one round run as one batched forward at the peer, so
+  a client decoding many sessions sends one frame per hop per token, not one per session.
+  When the stream ends, its sessions are detached (kept if their close or open asked for it).
 `/swarmgate/forward/1`: {type: forward, start, end} + hidden → {type: result} + hidden, no cache.
 `/swarmgate/info/1`: {type: info} → the peer's live status.
 Errors are error frames `{type: error, code, message}` (codes in `swarm.wire`).
@@ -23,6 +33,10 @@ from swarm.wire import BAD_REQUEST, WireError
 INFERENCE_PROTOCOL: Final = "/swarmgate/inference/1"
 FORWARD_PROTOCOL: Final = "/swarmgate/forward/1"
 INFO_PROTOCOL: Final = "/swarmgate/info/1"
+SESSIONS_PROTOCOL: Final = "/swarmgate/sessions/1"
+
+MAX_STEP_TOKENS: Final = 8192  # positions in one frame (one step, or one round of ops)
+MAX_ROUND_OPS: Final = 128  # operations in one round frame
 
 MAX_SESSION_ID: Final = 128
 TRANSPORT_DTYPES: Final = (torch.float32, torch.bfloat16)  # never fp16: Gemma overflows it

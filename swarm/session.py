@@ -1,7 +1,8 @@
 """The client side of an inference session over a chain of peers.
 
-`InferenceSession` holds one `/swarmgate/inference/1` stream per hop of its route and sends
-hidden states through them in order. For each hop it keeps every input it sent (a tensor of all
+`InferenceSession` opens the session at every hop of its route (through the client's shared
+`/swarmgate/sessions/1` channel to each peer, see `swarm.rounds`) and sends hidden states
+through the hops in order. For each hop it keeps every input it sent (a tensor of all
 positions so far, trimmed on rollback), so when a peer fails mid-generation the session asks its
 `reroute` callback for replacement hops covering the failed hop's blocks, replays that history
 into them to rebuild their caches, and carries on: the caller sees no break.
@@ -10,6 +11,7 @@ into them to rebuild their caches, and carries on: the caller sees no break.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from swarm.p2p import FrameStream, P2PError, P2PNode
-from swarm.protocol import INFERENCE_PROTOCOL
+from swarm.p2p import P2PError, P2PNode
+from swarm.rounds import Channels, PeerChannel, channels_of
 from swarm.wire import BAD_REQUEST, WireError
 
 log = logging.getLogger("swarmgate.session")
@@ -79,7 +81,7 @@ class _History:
 @dataclass
 class _Link:
     hop: Hop
-    stream: FrameStream | None = None
+    channel: PeerChannel | None = None  # set once the hop's peer accepted the session
     inputs: _History = field(default_factory=_History)
     seq: int = 0
 
@@ -100,10 +102,11 @@ class InferenceSession:
     resumed_length: int = 0  # positions cached before this session object attached
     failovers: int = 0
     banned: set[str] = field(default_factory=set)
+    channels: Channels | None = None  # default: the node's shared channels
     _links: list[_Link] = field(default_factory=list)
 
     async def open(self, resume: bool = False) -> None:
-        """Open a stream to every hop; `resume` re-attaches caches peers kept for this session."""
+        """Open the session at every hop; `resume` re-attaches caches peers kept for it."""
         self._links = [_Link(hop) for hop in self.route]
         keep = self.keep_alive if resume else 0.0
         try:
@@ -127,48 +130,39 @@ class InferenceSession:
 
     async def _open_link(self, link: _Link, resume: bool = False) -> int:
         hop = link.hop
-        try:
-            stream = await self.node.open_stream(hop.peer_id, INFERENCE_PROTOCOL, list(hop.addrs))
-        except WireError as error:
-            error.peer_id = hop.peer_id  # type: ignore[attr-defined]  # who could not be reached
-            raise
-        try:
-            await stream.send(
-                {
-                    "type": "open",
-                    "session": self.session_id,
-                    "model": self.model_hash,
-                    "start": hop.start,
-                    "end": hop.end,
-                    "max_length": self.max_length,
-                    "batch": self.batch,
-                    "keep_alive": self.keep_alive,
-                    "resume": resume,
-                }
-            )
-            reply = (await stream.recv()).raise_for_error()
-        except BaseException as error:
-            stream.reset_nowait()
-            if isinstance(error, WireError):
-                error.peer_id = hop.peer_id  # type: ignore[attr-defined]  # who refused
-            raise
-        link.stream = stream
-        length = reply.header.get("length", 0)
+        channels = self.channels or channels_of(self.node)
+        channel = channels.get(hop.peer_id, hop.addrs)
+        reply, _ = await channel.call(
+            {
+                "type": "open",
+                "session": self.session_id,
+                "model": self.model_hash,
+                "start": hop.start,
+                "end": hop.end,
+                "max_length": self.max_length,
+                "batch": self.batch,
+                "keep_alive": self.keep_alive,
+                "resume": resume,
+            }
+        )
+        link.channel = channel
+        length = reply.get("length", 0)
         return length if isinstance(length, int) else 0
 
     async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
-        assert link.stream is not None
+        assert link.channel is not None
         link.seq += 1
-        await link.stream.send(
-            {"type": "step", "seq": link.seq, "position": position},
-            [hidden.to(self.transport_dtype).contiguous()],
-        )
-        frame = (await link.stream.recv()).raise_for_error()
-        if frame.header.get("seq") != link.seq or len(frame.tensors) != 1:
+        rows = hidden.to(self.transport_dtype).contiguous()
+        header = {
+            "type": "step",
+            "session": self.session_id,
+            "seq": link.seq,
+            "position": position,
+            "shape": [rows.shape[0], rows.shape[1]],
+        }
+        reply, output = await link.channel.call(header, rows)
+        if reply.get("seq") != link.seq or output is None:
             raise WireError("bad_response", "the peer answered out of order")
-        output = frame.tensors[0]
-        if output.shape != hidden.shape:
-            raise WireError("bad_response", f"the peer answered a {list(output.shape)} tensor")
         return output
 
     async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
@@ -202,8 +196,7 @@ class InferenceSession:
     async def _fail_over(self, index: int, position: int) -> None:
         """Replace link `index` by hops covering its blocks, rebuilt from its input history."""
         failed = self._links[index]
-        if failed.stream is not None:
-            failed.stream.reset_nowait()
+        failed.channel = None  # its peer is gone or broken: nothing left to close there
         self.banned.add(failed.hop.peer_id)
         self.failovers += 1
         if self.resumed_length:
@@ -223,9 +216,7 @@ class InferenceSession:
                 await self._rebuild(links, history)
                 break
             except (WireError, OSError) as error:
-                for link in links:  # the replacements opened so far are dropped
-                    if link.stream is not None:
-                        link.stream.reset_nowait()
+                await self._close_links(links, 0.0)  # the replacements opened so far
                 culprit = getattr(error, "peer_id", None)
                 self.failovers += 1
                 if culprit is None or culprit in self.banned or self.failovers > self.max_failovers:
@@ -248,17 +239,20 @@ class InferenceSession:
                 history = replayed
 
     async def close(self, keep_alive: float | None = None) -> None:
-        """End every stream; peers keep the caches for `keep_alive` seconds if asked."""
+        """End the session at every hop; peers keep the caches for `keep_alive` seconds if asked."""
         keep = self.keep_alive if keep_alive is None else keep_alive
-        for link in self._links:
-            stream, link.stream = link.stream, None
-            if stream is None:
-                continue
-            try:
-                await asyncio.wait_for(stream.send({"type": "close", "keep_alive": keep}), 2.0)
-                await asyncio.wait_for(stream.close(), 2.0)
-            except (P2PError, WireError, OSError, TimeoutError):
-                stream.reset_nowait()
+        await self._close_links(self._links, keep)
+
+    async def _close_links(self, links: Sequence[_Link], keep_alive: float) -> None:
+        async def close_one(link: _Link) -> None:
+            channel, link.channel = link.channel, None
+            if channel is None:
+                return
+            header = {"type": "close", "session": self.session_id, "keep_alive": keep_alive}
+            with contextlib.suppress(P2PError, WireError, OSError, TimeoutError):
+                await asyncio.wait_for(channel.call(header), 5.0)
+
+        await asyncio.shield(asyncio.gather(*(close_one(link) for link in links)))
 
     async def __aenter__(self) -> InferenceSession:
         await self.open()

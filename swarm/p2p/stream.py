@@ -243,6 +243,11 @@ class FrameStream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def has_unread(self) -> bool:
+        """Has a frame or the stream's end arrived that `recv` has not returned yet?"""
+        return self._end is not None or not self._queue.empty()
+
     async def send(self, header: Mapping[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
         if self._closed:
             raise StreamClosedError("stream closed locally")

@@ -1,0 +1,179 @@
+"""The peer's side of `/swarmgate/sessions/1`: many sessions of one client over one stream.
+
+Each frame is a round of operations (open, step, close) of the client's sessions. The ops of
+one session run in order, different sessions concurrently, so all the round's decode steps
+reach the step scheduler together and run as one batched forward. The round is answered by one
+frame. A bad op gets its own error result and the other ops of the round still run; a malformed
+frame gets an error frame and the stream stays usable. When the stream ends, every session
+opened on it is detached (kept for the keep-alive its client asked for, or freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from peer.handlers import MAX_SESSIONS_PER_REMOTE, PeerState, open_session, run_step
+from peer.sessions import Session
+from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
+from swarm.protocol import MAX_ROUND_OPS, TRANSPORT_DTYPES, field_float, field_str
+from swarm.wire import BAD_REQUEST, BUSY, NOT_FOUND, WireError, error_header
+
+MAX_KEEP_ALIVE = 3600.0
+
+
+@dataclass
+class _Attached:
+    """A session opened on this stream, with the state (span) it was opened on."""
+
+    state: PeerState
+    session: Session
+    keep_alive: float
+
+
+@dataclass
+class _Op:
+    header: dict[str, Any]
+    rows: torch.Tensor | None = None  # a step's input [batch, n, h]
+
+
+def _shape(header: dict[str, Any]) -> tuple[int, int]:
+    shape = header.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)
+    ):
+        raise WireError(BAD_REQUEST, "a step's 'shape' must be [batch, n] of positive integers")
+    return shape[0], shape[1]
+
+
+def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op]:
+    """The ops of a round frame, each step with its slice of the rows; checks the framing."""
+    if header.get("type") != "round":
+        raise WireError(BAD_REQUEST, "expected a 'round' message")
+    raw = header.get("ops")
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ROUND_OPS:
+        raise WireError(BAD_REQUEST, f"'ops' must be a list of 1..{MAX_ROUND_OPS} operations")
+    if len(tensors) > 1:
+        raise WireError(BAD_REQUEST, "a round carries at most one tensor")
+    rows = tensors[0] if tensors else None
+    if rows is not None and (rows.dim() != 2 or rows.dtype not in TRANSPORT_DTYPES):
+        raise WireError(BAD_REQUEST, "a round's rows must be [positions, hidden], fp32 or bf16")
+    ops: list[_Op] = []
+    offset = 0
+    for item in raw:
+        if not isinstance(item, dict):
+            raise WireError(BAD_REQUEST, "every op must be a map")
+        op = _Op(item)
+        if item.get("type") == "step":
+            batch, n = _shape(item)
+            if rows is None or offset + batch * n > rows.shape[0]:
+                raise WireError(BAD_REQUEST, "the steps declare more positions than were sent")
+            op.rows = rows[offset : offset + batch * n].view(batch, n, rows.shape[1])
+            offset += batch * n
+        ops.append(op)
+    if rows is not None and offset != rows.shape[0]:
+        raise WireError(BAD_REQUEST, "the steps declare fewer positions than were sent")
+    return ops
+
+
+class RoundServer:
+    """Serves one `/swarmgate/sessions/1` stream; `current` gives the peer's live state."""
+
+    def __init__(self, current: Callable[[], PeerState], stream: FrameStream) -> None:
+        self.current = current
+        self.stream = stream
+        self.attached: dict[str, _Attached] = {}
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    frame = await self.stream.recv()
+                except (StreamClosedError, StreamResetError):
+                    return
+                try:
+                    ops = parse_round(frame.header, frame.tensors)
+                except WireError as error:
+                    self.current().counters.bad_requests += 1
+                    await self.stream.send(error.to_header())
+                    continue
+                results, outputs = await self._run_round(ops)
+                flat = [out.reshape(-1, out.shape[-1]) for out in outputs]
+                tensors = [torch.cat(flat) if len(flat) > 1 else flat[0]] if flat else []
+                await self.stream.send({"type": "round", "results": results}, tensors)
+        finally:
+            for sid in list(self.attached):
+                self._detach(sid, None)
+
+    def _detach(self, sid: str, keep_alive: float | None) -> None:
+        held = self.attached.pop(sid)
+        held.state.sessions.detach(sid, held.keep_alive if keep_alive is None else keep_alive)
+        remote = self.stream.remote_peer_id
+        count = held.state.sessions_by_remote.get(remote, 0) - 1
+        if count > 0:
+            held.state.sessions_by_remote[remote] = count
+        else:
+            held.state.sessions_by_remote.pop(remote, None)
+
+    async def _run_round(self, ops: list[_Op]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        results: list[dict[str, Any] | None] = [None] * len(ops)
+        outputs: list[torch.Tensor | None] = [None] * len(ops)
+        by_session: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            sid = op.header.get("session")
+            key = sid if isinstance(sid, str) else f"#{i}"  # malformed: fails on its own
+            by_session.setdefault(key, []).append(i)
+
+        async def run_session_ops(indices: list[int]) -> None:
+            for i in indices:
+                try:
+                    results[i], outputs[i] = await self._run_op(ops[i])
+                except WireError as error:
+                    self.current().counters.bad_requests += error.code == BAD_REQUEST
+                    results[i] = error.to_header()
+                except Exception as error:  # a compute failure fails the op, not the stream
+                    results[i] = error_header("internal", f"step failed: {type(error).__name__}")
+
+        await asyncio.gather(*(run_session_ops(ix) for ix in by_session.values()))
+        done = [r if r is not None else error_header("internal", "not run") for r in results]
+        return done, [o for o in outputs if o is not None]
+
+    async def _run_op(self, op: _Op) -> tuple[dict[str, Any], torch.Tensor | None]:
+        header = op.header
+        kind = header.get("type")
+        sid = field_str(header, "session")
+        if kind == "open":
+            if sid in self.attached:
+                raise WireError(BAD_REQUEST, "this session is already open on this stream")
+            state = self.current()
+            remote = self.stream.remote_peer_id
+            if state.sessions_by_remote.get(remote, 0) >= MAX_SESSIONS_PER_REMOTE:
+                state.counters.busy_refusals += 1
+                raise WireError(BUSY, f"at most {MAX_SESSIONS_PER_REMOTE} open sessions per client")
+            session, keep_alive = await open_session(state, header)
+            self.attached[sid] = _Attached(state, session, keep_alive)
+            state.sessions_by_remote[remote] = state.sessions_by_remote.get(remote, 0) + 1
+            return {
+                "type": "ok",
+                "session": sid,
+                "length": session.cache.length,
+                "cache_tokens": state.sessions.budget.reservations.get(sid, 0),
+            }, None
+        held = self.attached.get(sid)
+        if held is None:
+            raise WireError(NOT_FOUND, "no such session open on this stream")
+        if kind == "close":
+            keep_alive = field_float(header, "keep_alive", held.keep_alive, MAX_KEEP_ALIVE)
+            self._detach(sid, keep_alive)
+            return {"type": "closed", "session": sid}, None
+        if kind == "step":
+            assert op.rows is not None
+            reply, output = await run_step(held.state, held.session, header, [op.rows])
+            return reply, output
+        raise WireError(BAD_REQUEST, f"unexpected op type {kind!r}")

@@ -1,0 +1,243 @@
+"""The client side of `/swarmgate/sessions/1`: one stream per peer for all of a client's sessions.
+
+`Channels` holds one `PeerChannel` per peer. Sessions submit their operations (open, step,
+close) to the channel of each hop; the channel sends everything waiting as one round frame as
+soon as the previous round has been answered. So concurrent sessions that go through the same
+peer share one frame per token, and the peer runs their steps as one batched forward, without
+anyone waiting on purpose. A stream is opened once and reused by every later request (no
+per-request dial, protocol negotiation or stream setup on the hot path).
+
+A failed op raises its `WireError` (with `peer_id` set) to the session that sent it; a failed
+stream fails every op in flight or waiting on it, and the next op opens a fresh stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from swarm.p2p import FrameStream, P2PNode
+from swarm.p2p.bridge import as_wire_error
+from swarm.protocol import MAX_ROUND_OPS, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
+from swarm.wire import WireError
+
+log = logging.getLogger("swarmgate.rounds")
+
+Reply = tuple[dict[str, Any], torch.Tensor | None]
+
+
+def _tagged(error: WireError, peer_id: str) -> WireError:
+    error.peer_id = peer_id  # type: ignore[attr-defined]  # who failed
+    return error
+
+
+@dataclass
+class _Op:
+    header: dict[str, Any]
+    rows: torch.Tensor | None  # a step's input [batch, n, h]
+    future: asyncio.Future[Reply]
+
+    @property
+    def positions(self) -> int:
+        return 0 if self.rows is None else self.rows.shape[0] * self.rows.shape[1]
+
+
+@dataclass
+class ChannelStats:
+    rounds: int = 0  # frames sent
+    ops: int = 0  # operations they carried
+    streams: int = 0  # streams opened
+
+
+@dataclass
+class PeerChannel:
+    """All of this client's sessions with one peer, over one stream, one round at a time."""
+
+    node: P2PNode
+    peer_id: str
+    addrs: list[str]
+    stats: ChannelStats = field(default_factory=ChannelStats)
+    _pending: list[_Op] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stream: FrameStream | None = None
+    _task: asyncio.Task[None] | None = None
+    _closed: bool = False
+
+    async def call(self, header: dict[str, Any], rows: torch.Tensor | None = None) -> Reply:
+        """Send one op (with a step's `rows[batch, n, h]`) in the next round; its reply."""
+        if self._closed:
+            raise _tagged(WireError("closed", "the channel is closed"), self.peer_id)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(header, rows, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="channel")
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._drop_stream()
+        self._fail(self._pending, WireError("closed", "the channel is closed"))
+        self._pending = []
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.reset_nowait()
+            self._stream = None
+
+    def _fail(self, ops: list[_Op], error: WireError) -> None:
+        for op in ops:
+            if not op.future.done():
+                fresh = WireError(error.code, str(error))
+                op.future.set_exception(_tagged(fresh, self.peer_id))
+
+    def _take(self) -> list[_Op]:
+        """The ops of the next round: in order, one transport dtype, within the frame limits."""
+        taken: list[_Op] = []
+        rest: list[_Op] = []
+        dtype: torch.dtype | None = None
+        positions = 0
+        for op in self._pending:
+            if op.future.done():  # its caller gave up before it was sent
+                continue
+            fits = len(taken) < MAX_ROUND_OPS and (
+                not taken or positions + op.positions <= MAX_STEP_TOKENS
+            )
+            same = op.rows is None or dtype is None or op.rows.dtype == dtype
+            if fits and same and not rest:
+                taken.append(op)
+                positions += op.positions
+                if op.rows is not None:
+                    dtype = op.rows.dtype
+            else:
+                rest.append(op)
+        self._pending = rest
+        return taken
+
+    async def _run(self) -> None:
+        while not self._closed:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            ops = self._take()
+            if not ops:
+                continue
+            try:
+                await self._round(ops)
+            except asyncio.CancelledError:
+                self._fail(ops, WireError("closed", "the channel is closed"))
+                raise
+            except Exception as error:
+                wire = as_wire_error(error)
+                log.info("stream to %s failed: %s", self.peer_id[-8:], wire)
+                self._drop_stream()
+                self._fail(ops, wire)
+
+    async def _ready_stream(self) -> FrameStream:
+        stream = self._stream
+        if stream is not None and stream.has_unread:
+            # between rounds nothing may arrive: the peer ended the stream (or broke it)
+            self._drop_stream()
+            stream = None
+        if stream is None:
+            stream = await self.node.open_stream(self.peer_id, SESSIONS_PROTOCOL, self.addrs)
+            self._stream = stream
+            self.stats.streams += 1
+        return stream
+
+    async def _round(self, ops: list[_Op]) -> None:
+        stream = await self._ready_stream()
+        rows = [op.rows.reshape(-1, op.rows.shape[-1]) for op in ops if op.rows is not None]
+        tensors = [torch.cat(rows) if len(rows) > 1 else rows[0]] if rows else []
+        await stream.send({"type": "round", "ops": [op.header for op in ops]}, tensors)
+        self.stats.rounds += 1
+        self.stats.ops += len(ops)
+        frame = await stream.recv()
+        if frame.is_error:  # the peer refused the frame as a whole; the stream is still fine
+            header = frame.header
+            error = WireError(str(header.get("code", "error")), str(header.get("message", "")))
+            self._fail(ops, error)
+            return
+        results = frame.header.get("results")
+        if frame.header.get("type") != "round" or not isinstance(results, list):
+            raise WireError("bad_response", "the peer answered a round with something else")
+        if len(results) != len(ops) or len(frame.tensors) > 1:
+            raise WireError("bad_response", "the peer's answer does not match the round")
+        out = frame.tensors[0] if frame.tensors else None
+        offset = 0
+        replies: list[Reply | WireError] = []
+        for op, result in zip(ops, results, strict=True):
+            if not isinstance(result, dict):
+                raise WireError("bad_response", "a result is not a map")
+            if result.get("type") == "error":
+                code, message = str(result.get("code", "error")), str(result.get("message", ""))
+                replies.append(WireError(code, message))
+            elif op.rows is None:
+                replies.append((result, None))
+            else:
+                n = op.positions
+                if out is None or offset + n > out.shape[0] or out.dim() != 2:
+                    raise WireError("bad_response", "the peer sent fewer positions than asked")
+                replies.append((result, out[offset : offset + n].view(op.rows.shape)))
+                offset += n
+        if out is not None and offset != out.shape[0]:
+            raise WireError("bad_response", "the peer sent more positions than asked")
+        for op, reply in zip(ops, replies, strict=True):
+            if op.future.done():
+                continue
+            if isinstance(reply, WireError):
+                op.future.set_exception(_tagged(reply, self.peer_id))
+            else:
+                op.future.set_result(reply)
+
+
+class Channels:
+    """One channel per peer, opened on first use and kept for later requests."""
+
+    def __init__(self, node: P2PNode) -> None:
+        self.node = node
+        self._channels: dict[str, PeerChannel] = {}
+
+    def get(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> PeerChannel:
+        channel = self._channels.get(peer_id)
+        if channel is None:
+            channel = PeerChannel(self.node, peer_id, list(addrs))
+            self._channels[peer_id] = channel
+        elif addrs and not channel.addrs:
+            channel.addrs = list(addrs)
+        return channel
+
+    @property
+    def stats(self) -> ChannelStats:
+        total = ChannelStats()
+        for channel in self._channels.values():
+            total.rounds += channel.stats.rounds
+            total.ops += channel.stats.ops
+            total.streams += channel.stats.streams
+        return total
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels))
+
+
+_DEFAULT: weakref.WeakKeyDictionary[P2PNode, Channels] = weakref.WeakKeyDictionary()
+
+
+def channels_of(node: P2PNode) -> Channels:
+    """The node's shared channels (for clients that do not manage their own)."""
+    channels = _DEFAULT.get(node)
+    if channels is None:
+        channels = _DEFAULT[node] = Channels(node)
+    return channels
