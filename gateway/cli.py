@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         queue_timeout=args.queue_timeout,
         max_queued=args.max_queued,
         device=args.device,
+        round_window=args.round_window_ms / 1000,
     )
 
     def ready(url: str) -> None:
@@ -54,5 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-queued", type=int, default=64, help="requests waiting at most")
     parser.add_argument("--device", default="cpu", help="where the head runs (cpu, cuda)")
+    parser.add_argument(
+        "--round-window-ms",
+        type=float,
+        default=5.0,
+        help="how long a round to a peer waits for generations still on their way (batching)",
+    )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -130,6 +130,7 @@ class Engine:
         mixed_precision: bool = False,
         max_waiting: int = 64,
         max_wait: float = 10.0,
+        round_window: float = 0.005,
     ) -> None:
         self.node = node
         self.mixed_precision = mixed_precision
@@ -147,7 +148,9 @@ class Engine:
         self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
         self._head_batchers: dict[str, HeadBatcher] = {}
-        self.channels = Channels(node)  # one stream per peer, shared by every session
+        # one stream per peer, shared by every session; a round waits up to `round_window`
+        # for the steps of the other generations decoding through that peer
+        self.channels = Channels(node, window=round_window)
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:
@@ -329,8 +332,10 @@ class Engine:
     async def _step(self, model: ServedModel, live: _Live, ids: torch.Tensor) -> torch.Tensor:
         """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed."""
         head = model.head
+        # one row per choice is a table lookup: cheaper here than a hop to the head's thread
+        embedded = head.embed(ids) if ids.shape[1] == 1 else await self._run_head(head.embed, ids)
         try:
-            hidden = await live.session.step(await self._run_head(head.embed, ids))
+            hidden = await live.session.step(embedded)
         except HistoryLostError:
             self.metrics.failed_over(model.name, live.session.failovers)
             max_length = live.session.max_length

@@ -21,7 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -58,6 +58,23 @@ class SwarmCollector(Collector):
             )
         yield coverage
         yield peers
+        stats = self.engine.channels.stats if self.engine is not None else None
+        rounds = CounterMetricFamily(
+            "swarmgate_peer_rounds", "Round frames sent to peers (each carries many sessions' ops)"
+        )
+        ops = CounterMetricFamily(
+            "swarmgate_peer_round_ops", "Session operations those rounds held"
+        )
+        streams = CounterMetricFamily(
+            "swarmgate_peer_streams_opened",
+            "Sessions streams opened to peers (kept across requests)",
+        )
+        rounds.add_metric([], stats.rounds if stats else 0)
+        ops.add_metric([], stats.ops if stats else 0)
+        streams.add_metric([], stats.streams if stats else 0)
+        yield rounds
+        yield ops
+        yield streams
 
 
 class GatewayMetrics:

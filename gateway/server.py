@@ -47,6 +47,8 @@ class GatewayConfig:
     max_queued: int = 64  # requests waiting for cache space at most
     max_body_bytes: int = 4 << 20
     device: str = "cpu"  # where the head (embeddings, final norm, LM head) runs
+    # seconds a round to a peer waits for other generations still on their way to it
+    round_window: float = 0.005
 
 
 def load_served_model(name: str, device: str = "cpu") -> ServedModel:
@@ -86,6 +88,9 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         store=store,
         keep_alive=config.keep_alive,
         mixed_precision=config.mixed_precision,
+        max_waiting=config.max_queued,
+        max_wait=config.queue_timeout,
+        round_window=config.round_window,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             redis_url=args.redis_url,
             api_keys=[args.api_key] if args.api_key else [],
             device=args.device,
+            round_window=args.round_window_ms / 1000,
         )
 
         def announce(url: str) -> None:
@@ -141,6 +142,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--peer-metrics",
         action="store_true",
         help="peers serve Prometheus metrics on 127.0.0.1 (URLs printed when up)",
+    )
+    parser.add_argument(
+        "--round-window-ms",
+        type=float,
+        default=5.0,
+        help="how long a round to a peer waits for generations still on their way (batching)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

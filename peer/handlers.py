@@ -184,6 +184,7 @@ async def _serve_session(state: PeerState, stream: FrameStream) -> None:
     frame = await stream.recv()
     frame.raise_for_error()
     session, keep_alive = await open_session(state, frame.header)
+    session.in_rounds = False  # its steps come one by one on this stream
     budget = state.sessions.budget
     try:
         await stream.send(

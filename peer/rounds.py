@@ -157,6 +157,7 @@ class RoundServer:
                 state.counters.busy_refusals += 1
                 raise WireError(BUSY, f"at most {MAX_SESSIONS_PER_REMOTE} open sessions per client")
             session, keep_alive = await open_session(state, header)
+            session.in_rounds = True
             self.attached[sid] = _Attached(state, session, keep_alive)
             state.sessions_by_remote[remote] = state.sessions_by_remote.get(remote, 0) + 1
             return {

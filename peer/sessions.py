@@ -25,6 +25,9 @@ class Session:
     keep_until: float = 0.0
     tokens_processed: int = 0
     steps: int = 0
+    # its client sends the steps of all its sessions in rounds (`/swarmgate/sessions/1`):
+    # they arrive together, so the scheduler never waits for this session's next step
+    in_rounds: bool = False
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -58,8 +61,13 @@ class SessionTable:
         return session is not None and session.attached
 
     def decoding(self) -> int:
-        """Attached sessions past their prefill (their next steps can be batched)."""
-        return sum(1 for s in self.sessions.values() if s.attached and s.cache.length > 0)
+        """Attached sessions past their prefill whose steps arrive one by one (the scheduler
+        may wait a little for them to batch their steps)."""
+        return sum(
+            1
+            for s in self.sessions.values()
+            if s.attached and not s.in_rounds and s.cache.length > 0
+        )
 
     def _rounded(self, length: int) -> int:
         """Tokens a row of `length` positions occupies: caches are allocated in whole pages."""

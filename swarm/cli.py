@@ -35,6 +35,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+SWITCH_INTERVAL = 0.0005  # seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Processes of a swarm share the cores and take turns along the chain. OpenMP threads that
     # spin long after each op would steal the next process's time; threads that sleep at once
@@ -42,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # spin keeps the threads warm within a step and lets them sleep between steps.
     # Must be set before torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    # Every process runs an asyncio thread and the libp2p (trio) thread, and hands each message
+    # from one to the other. A thread that wants the GIL while the other computes waits up to
+    # the switch interval (5 ms by default) on every hand-off: keep that wait short.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     args = build_parser(chosen).parse_args(argv)

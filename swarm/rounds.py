@@ -28,6 +28,7 @@ from swarm.protocol import MAX_ROUND_OPS, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
 from swarm.wire import WireError
 
 log = logging.getLogger("swarmgate.rounds")
+MAX_HOLD = 20  # a round waits at most this many windows for sessions on their way
 
 Reply = tuple[dict[str, Any], torch.Tensor | None]
 
@@ -49,6 +50,27 @@ class _Op:
 
 
 @dataclass
+class Whereabouts:
+    """Where each decoding session of this client is: waiting at a channel, on the wire, or
+    back in the client (sampling, streaming out) since some time. Shared by the channels."""
+
+    places: dict[str, tuple[str, PeerChannel | None, float]] = field(default_factory=dict)
+
+    def waiting(self, sid: str, channel: PeerChannel, now: float) -> None:
+        self.places[sid] = ("waiting", channel, now)
+
+    def sent(self, sid: str, channel: PeerChannel, now: float) -> None:
+        self.places[sid] = ("sent", channel, now)
+
+    def back(self, sid: str, now: float) -> None:
+        if sid in self.places:
+            self.places[sid] = ("back", None, now)
+
+    def forget(self, sid: str) -> None:
+        self.places.pop(sid, None)
+
+
+@dataclass
 class ChannelStats:
     rounds: int = 0  # frames sent
     ops: int = 0  # operations they carried
@@ -62,7 +84,11 @@ class PeerChannel:
     node: P2PNode
     peer_id: str
     addrs: list[str]
+    window: float = 0.0  # seconds a round waits for sessions on their way back to this peer
+    whereabouts: Whereabouts = field(default_factory=Whereabouts)
     stats: ChannelStats = field(default_factory=ChannelStats)
+    _stepping: dict[str, float] = field(default_factory=dict)  # session → its last step's time
+    _last_arrival: float = 0.0  # when the last op was submitted
     _pending: list[_Op] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stream: FrameStream | None = None
@@ -73,12 +99,69 @@ class PeerChannel:
         """Send one op (with a step's `rows[batch, n, h]`) in the next round; its reply."""
         if self._closed:
             raise _tagged(WireError("closed", "the channel is closed"), self.peer_id)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._pending.append(_Op(header, rows, future))
+        sid = str(header.get("session"))
+        self._last_arrival = loop.time()
+        if header.get("type") == "step":
+            self._stepping[sid] = loop.time()
+            self.whereabouts.waiting(sid, self, loop.time())
+        elif header.get("type") == "close":
+            self._stepping.pop(sid, None)
+            self.whereabouts.forget(sid)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="channel")
+            self._task = loop.create_task(self._run(), name="channel")
         self._wake.set()
         return await future
+
+    def _missing(self, now: float) -> bool:
+        """Is a session that decodes through this peer on its way back here?
+
+        It is, if it is on the wire to another peer (it will be back after that round and
+        the client's sampling), or back in the client while sessions keep arriving here (no
+        quiet gap of `window` since it came back or since the last arrival: the client works
+        through its sessions one after another). A session waiting at another channel is not
+        waited for (that channel may be waiting for us), nor one the client has left alone for
+        longer (its consumer is slow): rounds never wait for anything that could wait for
+        them.
+        """
+        here = {str(op.header.get("session")) for op in self._pending}
+        for sid, stepped in list(self._stepping.items()):
+            if now - stepped > 1.0:  # not decoding any more
+                del self._stepping[sid]
+                continue
+            if sid in here:
+                continue
+            kind, channel, since = self.whereabouts.places.get(sid, ("", None, 0.0))
+            if kind == "sent" and channel is not self:
+                return True
+            if kind == "back" and now - max(since, self._last_arrival) < self.window:
+                return True
+        return False
+
+    async def _gather(self) -> None:
+        """Hold the round while other sessions decoding through this peer are on their way.
+
+        A client's sessions come back to a peer one by one (each samples and streams its
+        token first), and sessions that were split into two rounds once would otherwise stay
+        split forever, each round half the batch it could be. Waiting is bounded: at most
+        `MAX_HOLD` windows in all.
+        """
+        if self.window <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window * MAX_HOLD
+        while True:
+            now = loop.time()
+            if any(op.rows is None for op in self._pending):
+                return  # opens and closes never wait
+            if now >= deadline or not self._missing(now):
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(deadline - now, self.window / 4)):
+                    await self._wake.wait()
 
     async def close(self) -> None:
         self._closed = True
@@ -125,24 +208,31 @@ class PeerChannel:
         return taken
 
     async def _run(self) -> None:
-        while not self._closed:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            ops = self._take()
-            if not ops:
-                continue
-            try:
-                await self._round(ops)
-            except asyncio.CancelledError:
-                self._fail(ops, WireError("closed", "the channel is closed"))
-                raise
-            except Exception as error:
-                wire = as_wire_error(error)
-                log.info("stream to %s failed: %s", self.peer_id[-8:], wire)
-                self._drop_stream()
-                self._fail(ops, wire)
+        try:
+            while not self._closed:
+                if not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._gather()
+                ops = self._take()
+                if ops:
+                    await self._round_or_fail(ops)
+        finally:  # whatever ended the loop, nobody may wait forever
+            self._fail(self._pending, WireError("closed", "the channel stopped"))
+            self._pending = []
+
+    async def _round_or_fail(self, ops: list[_Op]) -> None:
+        try:
+            await self._round(ops)
+        except asyncio.CancelledError:
+            self._fail(ops, WireError("closed", "the channel is closed"))
+            raise
+        except Exception as error:
+            wire = as_wire_error(error)
+            log.info("stream to %s failed: %s", self.peer_id[-8:], wire)
+            self._drop_stream()
+            self._fail(ops, wire)
 
     async def _ready_stream(self) -> FrameStream:
         stream = self._stream
@@ -161,9 +251,16 @@ class PeerChannel:
         rows = [op.rows.reshape(-1, op.rows.shape[-1]) for op in ops if op.rows is not None]
         tensors = [torch.cat(rows) if len(rows) > 1 else rows[0]] if rows else []
         await stream.send({"type": "round", "ops": [op.header for op in ops]}, tensors)
+        now = asyncio.get_running_loop().time()
+        for op in ops:
+            if op.rows is not None:
+                self.whereabouts.sent(str(op.header.get("session")), self, now)
         self.stats.rounds += 1
         self.stats.ops += len(ops)
         frame = await stream.recv()
+        now = asyncio.get_running_loop().time()
+        for op in ops:
+            self.whereabouts.back(str(op.header.get("session")), now)
         if frame.is_error:  # the peer refused the frame as a whole; the stream is still fine
             header = frame.header
             error = WireError(str(header.get("code", "error")), str(header.get("message", "")))
@@ -205,14 +302,16 @@ class PeerChannel:
 class Channels:
     """One channel per peer, opened on first use and kept for later requests."""
 
-    def __init__(self, node: P2PNode) -> None:
+    def __init__(self, node: P2PNode, window: float = 0.0) -> None:
         self.node = node
+        self.window = window
+        self.whereabouts = Whereabouts()
         self._channels: dict[str, PeerChannel] = {}
 
     def get(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> PeerChannel:
         channel = self._channels.get(peer_id)
         if channel is None:
-            channel = PeerChannel(self.node, peer_id, list(addrs))
+            channel = PeerChannel(self.node, peer_id, list(addrs), self.window, self.whereabouts)
             self._channels[peer_id] = channel
         elif addrs and not channel.addrs:
             channel.addrs = list(addrs)

@@ -25,14 +25,14 @@ from swarm.head import Head
 from swarm.models import Weights, load_weights
 from swarm.models.reference import build_full_model
 from swarm.p2p import P2PError, P2PNode
-from swarm.protocol import FORWARD_PROTOCOL, INFERENCE_PROTOCOL, INFO_PROTOCOL
+from swarm.protocol import FORWARD_PROTOCOL, INFERENCE_PROTOCOL, INFO_PROTOCOL, SESSIONS_PROTOCOL
 from swarm.session import Hop, InferenceSession
 from swarm.wire import WireError, encode_frame_bytes
 from tests.procs import Proc, start_peer
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
-PROTOCOLS = [INFERENCE_PROTOCOL, FORWARD_PROTOCOL, INFO_PROTOCOL]
+PROTOCOLS = [SESSIONS_PROTOCOL, INFERENCE_PROTOCOL, FORWARD_PROTOCOL, INFO_PROTOCOL]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8]
 
 
@@ -65,7 +65,15 @@ def plain_values() -> st.SearchStrategy[Any]:
 def payloads(draw: st.DrawFn, hidden: int) -> bytes:
     kind = draw(
         st.sampled_from(
-            ["bytes", "truncated", "huge_prefix", "random_header", "bad_tensor", "bad_step"]
+            [
+                "bytes",
+                "truncated",
+                "huge_prefix",
+                "random_header",
+                "bad_tensor",
+                "bad_step",
+                "bad_round",
+            ]
         )
     )
     if kind == "bytes":
@@ -109,6 +117,18 @@ def payloads(draw: st.DrawFn, hidden: int) -> bytes:
             "start": 0,
             "end": 30,
         }
+    if kind == "bad_round":
+        op = st.fixed_dictionaries(
+            {
+                "type": st.sampled_from(["open", "step", "close", "forward", 3]),
+                "session": st.one_of(st.text(max_size=4), st.integers(), st.just("s" * 16)),
+                "position": st.integers(-3, 70),
+                "shape": st.one_of(plain_values(), st.lists(st.integers(-1, 3), max_size=3)),
+            },
+            optional={"model": plain_values(), "batch": plain_values(), "seq": plain_values()},
+        )
+        header = {"type": "round", "ops": draw(st.lists(op, max_size=5))}
+        shape = [draw(st.integers(0, 9)), draw(st.sampled_from([hidden, hidden - 1, 7]))]
     tensor = torch.zeros(shape, dtype=dtype)
     header.pop("_t", None)  # reserved by the codec for the tensor table
     frame = encode_frame_bytes(header, [tensor])

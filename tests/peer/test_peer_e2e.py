@@ -15,7 +15,8 @@ from swarm.logs import quiet_third_party_logs
 from swarm.models import Weights, load_weights
 from swarm.models.reference import build_full_model
 from swarm.p2p import P2PNode
-from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL
+from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL, SESSIONS_PROTOCOL
+from swarm.rounds import channels_of
 from swarm.session import Hop, InferenceSession
 from swarm.wire import WireError
 from tests.procs import Proc, start_peer
@@ -249,10 +250,77 @@ def test_four_concurrent_sessions_batch_and_match_alone(
             assert list(together) == alone
             status = await info(node, peers[1])
             assert max(int(k) for k in status["batch_sizes"]) > 1, status["batch_sizes"]
+            # the sessions shared round frames, over one kept stream per peer
+            stats = channels_of(node).stats
+            assert stats.ops > stats.rounds and stats.streams == len(route), stats
         finally:
             await node.stop()
 
     run(main())
+
+
+def test_a_round_answers_each_op_and_a_bad_frame_keeps_the_stream(
+    peers: list[Proc], weights: Weights
+) -> None:
+    first = peers[0]
+    peer_id = str(first.ready["peer_id"])
+    size = weights.config.hidden_size
+    opening = {"model": weights.model_hash, "start": 0, "end": 15, "max_length": 64, "batch": 1}
+
+    def step(session: str, n: int, position: int = 0) -> dict[str, Any]:
+        return {"type": "step", "session": session, "seq": 1, "position": position, "shape": [1, n]}
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            stream = await node.open_stream(peer_id, SESSIONS_PROTOCOL)
+            ops = [
+                {"type": "open", "session": "a" * 16, **opening},
+                {"type": "open", "session": "b" * 16, **opening},
+            ]
+            await stream.send({"type": "round", "ops": ops})
+            reply = await stream.recv()
+            assert [r["type"] for r in reply.header["results"]] == ["ok", "ok"]
+            # one round: two good steps around one for a session that is not open here
+            rows = torch.randn(3 + 1 + 2, size) * 0.5
+            ops = [step("a" * 16, 3), step("z" * 16, 1), step("b" * 16, 2)]
+            await stream.send({"type": "round", "ops": ops}, [rows])
+            reply = await stream.recv()
+            results = reply.header["results"]
+            assert [r["type"] for r in results] == ["result", "error", "result"], results
+            assert results[1]["code"] == "not_found"
+            assert [r["length"] for r in (results[0], results[2])] == [3, 2]
+            assert reply.tensors[0].shape == (5, size)  # the two good steps' outputs, in order
+            # malformed frames: an error frame each, and the stream stays usable
+            bad_frames: list[tuple[dict[str, Any], list[torch.Tensor]]] = [
+                ({"type": "round", "ops": "x"}, []),
+                ({"type": "round", "ops": []}, []),
+                ({"type": "round", "ops": [step("a" * 16, 4)]}, [rows]),  # 4 declared, 6 sent
+                ({"type": "round", "ops": [step("a" * 16, 1)]}, [rows, rows]),
+                ({"type": "round", "ops": [{**step("a" * 16, 1), "shape": [1, -1]}]}, [rows]),
+                ({"type": "dance"}, []),
+            ]
+            for header, tensors in bad_frames:
+                await stream.send(header, tensors)
+                frame = await stream.recv()
+                assert frame.header["type"] == "error", frame.header
+                assert frame.header["code"] == "bad_request", frame.header
+            await stream.send({"type": "round", "ops": [step("a" * 16, 1, 3)]}, [rows[:1]])
+            assert (await stream.recv()).header["results"][0]["length"] == 4
+            status = await info(node, first)
+            assert status["sessions"] == 2
+            await stream.reset()  # a client that vanishes: its sessions are freed
+            for _ in range(50):
+                status = await info(node, first)
+                if status["sessions"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert status["sessions"] == 0 and status["cache_tokens_used"] == 0
+        finally:
+            await node.stop()
+
+    run(main())
+    assert first.popen.poll() is None
 
 
 def test_int8_peer_serves_close_logits(peers: list[Proc], weights: Weights) -> None:
