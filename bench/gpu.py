@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import torch
 
@@ -128,6 +129,31 @@ async def many_streams(base_url: str, streams: int, tokens: int) -> dict[str, fl
     return {"streams": streams, "tokens": sum(counts), "tok_s": sum(counts) / elapsed}
 
 
+def scrape(url: str, names: list[str]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
+def batching(gateway_url: str, peer_urls: list[str]) -> dict[str, float]:
+    """Ops per round frame at the gateway, rows per forward at the peers (whole run)."""
+    gateway = scrape(
+        f"{gateway_url}/metrics", ["swarmgate_peer_rounds_total", "swarmgate_peer_round_ops_total"]
+    )
+    names = ["swarmgate_peer_batch_size_sum", "swarmgate_peer_batch_size_count"]
+    peers = [scrape(url, names) for url in peer_urls]
+    rows = sum(p.get(names[0], 0.0) for p in peers)
+    forwards = sum(p.get(names[1], 0.0) for p in peers)
+    rounds = gateway.get("swarmgate_peer_rounds_total", 0.0)
+    return {
+        "ops_per_round": gateway.get("swarmgate_peer_round_ops_total", 0.0) / max(rounds, 1.0),
+        "rows_per_forward": rows / max(forwards, 1.0),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
@@ -179,6 +205,8 @@ def main() -> None:
         asyncio.run(many_streams(base_url, args.streams, 16))  # warm up the batch buckets
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
         print("concurrent:", result["concurrent"], flush=True)
+        result["batching"] = batching(str(proc.ready["url"]), peer_urls)
+        print("batching:", result["batching"], flush=True)
     finally:
         code = proc.stop(timeout=60)
         if code != 0:
