@@ -196,6 +196,14 @@ class Sampler:
         """
         p = self.params
         x = self.process(logits, generated)
+        if p.temperature < GREEDY_TEMPERATURE and not (p.logprobs and p.top_logprobs > 0):
+            # the common greedy case in one device round trip: best value, its index, log Z
+            best_value, index = x.max(0)
+            stacked = torch.stack([best_value, torch.logsumexp(x, 0), index.to(x.dtype)])
+            best, log_z, token_f = stacked.tolist()
+            if not math.isfinite(best):
+                raise ValueError(f"no token can be sampled: the largest processed logit is {best}")
+            return SampledToken(int(token_f), max(MIN_LOGPROB, best - log_z), [])
         best = float(x.amax())
         if not math.isfinite(best):  # all -inf (everything banned), or a NaN/+inf logit
             raise ValueError(f"no token can be sampled: the largest processed logit is {best}")

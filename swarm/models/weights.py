@@ -211,8 +211,8 @@ class RandomWeights:
     def head_hash(self) -> str:
         return self._recipe_hash("head")
 
-    @property
-    def model_hash(self) -> str:
+    @cached_property
+    def model_hash(self) -> str:  # hashing every block's recipe is slow: once per object
         blocks = (self.block_hash(i) for i in range(self.num_blocks))
         return hash_model(config_essentials(self.config), self.head_hash, blocks)
 
