@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--round-window-ms", type=float, default=None, help="passed to `up`")
     args = parser.parse_args()
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
     bandwidth = copy_bandwidth()
@@ -185,6 +186,11 @@ def main() -> None:
             "--port",
             "0",
             "--peer-metrics",
+            *(
+                []
+                if args.round_window_ms is None
+                else ["--round-window-ms", str(args.round_window_ms)]
+            ),
         ],
         "GATEWAY_READY ",
         timeout=900,
