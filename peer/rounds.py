@@ -111,6 +111,12 @@ class RoundServer:
             for sid in list(self.attached):
                 self._detach(sid, None)
 
+    def _forget_expired(self) -> None:
+        """Drop sessions the peer expired (idle too long) while this stream stayed open."""
+        for sid, held in list(self.attached.items()):
+            if held.state.sessions.sessions.get(sid) is not held.session:
+                self._detach(sid, 0.0)
+
     def _detach(self, sid: str, keep_alive: float | None) -> None:
         held = self.attached.pop(sid)
         held.state.sessions.detach(sid, held.keep_alive if keep_alive is None else keep_alive)
@@ -153,6 +159,7 @@ class RoundServer:
                 raise WireError(BAD_REQUEST, "this session is already open on this stream")
             state = self.current()
             remote = self.stream.remote_peer_id
+            self._forget_expired()
             if state.sessions_by_remote.get(remote, 0) >= MAX_SESSIONS_PER_REMOTE:
                 state.counters.busy_refusals += 1
                 raise WireError(BUSY, f"at most {MAX_SESSIONS_PER_REMOTE} open sessions per client")

@@ -24,11 +24,13 @@ import torch
 
 from swarm.p2p import FrameStream, P2PNode
 from swarm.p2p.bridge import as_wire_error
+from swarm.p2p.errors import RequestTimeoutError
 from swarm.protocol import MAX_ROUND_OPS, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
-from swarm.wire import WireError
+from swarm.wire import BAD_REQUEST, WireError
 
 log = logging.getLogger("swarmgate.rounds")
 MAX_HOLD = 20  # a round waits at most this many windows for sessions on their way
+ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
 
 Reply = tuple[dict[str, Any], torch.Tensor | None]
 
@@ -60,7 +62,8 @@ class Whereabouts:
         self.places[sid] = ("waiting", channel, now)
 
     def sent(self, sid: str, channel: PeerChannel, now: float) -> None:
-        self.places[sid] = ("sent", channel, now)
+        if sid in self.places:  # not closed meanwhile
+            self.places[sid] = ("sent", channel, now)
 
     def back(self, sid: str, now: float) -> None:
         if sid in self.places:
@@ -163,6 +166,21 @@ class PeerChannel:
                 async with asyncio.timeout(min(deadline - now, self.window / 4)):
                     await self._wake.wait()
 
+    def close_session_soon(self, session: str) -> None:
+        """Send a close for `session` with the next round, without waiting for its answer."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+        header = {"type": "close", "session": session, "keep_alive": 0.0}
+        self._pending.append(_Op(header, None, future))
+        self._stepping.pop(session, None)
+        self.whereabouts.forget(session)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="channel")
+        self._wake.set()
+
     async def close(self) -> None:
         self._closed = True
         if self._task is not None:
@@ -191,7 +209,12 @@ class PeerChannel:
         dtype: torch.dtype | None = None
         positions = 0
         for op in self._pending:
-            if op.future.done():  # its caller gave up before it was sent
+            if op.future.done() and op.header.get("type") != "close":
+                continue  # its caller gave up before it was sent (a close is sent anyway)
+            if op.positions > MAX_STEP_TOKENS:
+                op.future.set_exception(
+                    WireError(BAD_REQUEST, f"a step of more than {MAX_STEP_TOKENS} positions")
+                )
                 continue
             fits = len(taken) < MAX_ROUND_OPS and (
                 not taken or positions + op.positions <= MAX_STEP_TOKENS
@@ -257,14 +280,20 @@ class PeerChannel:
                 self.whereabouts.sent(str(op.header.get("session")), self, now)
         self.stats.rounds += 1
         self.stats.ops += len(ops)
-        frame = await stream.recv()
+        try:
+            async with asyncio.timeout(ROUND_TIMEOUT):
+                frame = await stream.recv()
+        except TimeoutError:
+            raise RequestTimeoutError(f"no answer to a round in {ROUND_TIMEOUT:.0f} s") from None
         now = asyncio.get_running_loop().time()
         for op in ops:
             self.whereabouts.back(str(op.header.get("session")), now)
-        if frame.is_error:  # the peer refused the frame as a whole; the stream is still fine
+        if frame.is_error:  # the peer refused the frame as a whole
             header = frame.header
             error = WireError(str(header.get("code", "error")), str(header.get("message", "")))
             self._fail(ops, error)
+            if error.code != BAD_REQUEST:  # e.g. too large: the peer resets the stream after it
+                self._drop_stream()
             return
         results = frame.header.get("results")
         if frame.header.get("type") != "round" or not isinstance(results, list):
@@ -286,7 +315,9 @@ class PeerChannel:
                 n = op.positions
                 if out is None or offset + n > out.shape[0] or out.dim() != 2:
                     raise WireError("bad_response", "the peer sent fewer positions than asked")
-                replies.append((result, out[offset : offset + n].view(op.rows.shape)))
+                part = out[offset : offset + n].view(op.rows.shape)
+                # a slice of a bigger reply would keep all of it alive in the session's history
+                replies.append((result, part if n == out.shape[0] else part.clone()))
                 offset += n
         if out is not None and offset != out.shape[0]:
             raise WireError("bad_response", "the peer sent more positions than asked")
@@ -313,8 +344,8 @@ class Channels:
         if channel is None:
             channel = PeerChannel(self.node, peer_id, list(addrs), self.window, self.whereabouts)
             self._channels[peer_id] = channel
-        elif addrs and not channel.addrs:
-            channel.addrs = list(addrs)
+        elif addrs:
+            channel.addrs = list(addrs)  # the route's latest addresses (a peer may have moved)
         return channel
 
     @property

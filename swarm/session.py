@@ -132,6 +132,8 @@ class InferenceSession:
         hop = link.hop
         channels = self.channels or channels_of(self.node)
         channel = channels.get(hop.peer_id, hop.addrs)
+        # set before the answer: if this open is abandoned, close() still tells the peer
+        link.channel = channel
         reply, _ = await channel.call(
             {
                 "type": "open",
@@ -145,7 +147,6 @@ class InferenceSession:
                 "resume": resume,
             }
         )
-        link.channel = channel
         length = reply.get("length", 0)
         return length if isinstance(length, int) else 0
 
@@ -196,7 +197,9 @@ class InferenceSession:
     async def _fail_over(self, index: int, position: int) -> None:
         """Replace link `index` by hops covering its blocks, rebuilt from its input history."""
         failed = self._links[index]
-        failed.channel = None  # its peer is gone or broken: nothing left to close there
+        if failed.channel is not None:  # if the peer is still there, it frees the session now
+            failed.channel.close_session_soon(self.session_id)
+            failed.channel = None
         self.banned.add(failed.hop.peer_id)
         self.failovers += 1
         if self.resumed_length:

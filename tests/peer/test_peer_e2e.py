@@ -15,7 +15,7 @@ from swarm.logs import quiet_third_party_logs
 from swarm.models import Weights, load_weights
 from swarm.models.reference import build_full_model
 from swarm.p2p import P2PNode
-from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL, SESSIONS_PROTOCOL
+from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
 from swarm.rounds import channels_of
 from swarm.session import Hop, InferenceSession
 from swarm.wire import WireError
@@ -307,6 +307,12 @@ def test_a_round_answers_each_op_and_a_bad_frame_keeps_the_stream(
                 assert frame.header["code"] == "bad_request", frame.header
             await stream.send({"type": "round", "ops": [step("a" * 16, 1, 3)]}, [rows[:1]])
             assert (await stream.recv()).header["results"][0]["length"] == 4
+            # a step too big for one frame fails at the client, before it costs anyone a stream
+            channel = channels_of(node).get(peer_id, list(first.ready["maddrs"]))  # type: ignore[call-overload]
+            huge = torch.zeros(1, MAX_STEP_TOKENS + 1, size)
+            with pytest.raises(WireError, match="bad_request"):
+                await channel.call(step("c" * 16, MAX_STEP_TOKENS + 1), huge)
+            assert channel.stats.streams == 0
             status = await info(node, first)
             assert status["sessions"] == 2
             await stream.reset()  # a client that vanishes: its sessions are freed
