@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from gateway.engine import ChoiceDelta, Engine, Usage
 from gateway.metrics import GatewayMetrics
+from swarm.rounds import ChannelStats
 from tests.metrics_text import value
 
 M = "m"
@@ -61,7 +62,8 @@ def test_hooks_and_swarm_coverage_from_the_view() -> None:
     view = SimpleNamespace(
         coverage=lambda: [1, 1, 0, 2], peers=[peer, peer, SimpleNamespace(reachable=False)]
     )
-    engine: Any = SimpleNamespace(models=[model], model_view=lambda m: view)
+    channels = SimpleNamespace(stats=ChannelStats(rounds=3, ops=10, streams=2))
+    engine: Any = SimpleNamespace(models=[model], model_view=lambda m: view, channels=channels)
     metrics = GatewayMetrics(cast(Engine, engine))
     metrics.route_opened(M, 3)
     metrics.prefix_lookup(M, hit=True)
@@ -71,6 +73,9 @@ def test_hooks_and_swarm_coverage_from_the_view() -> None:
     metrics.failed_over(M, 2)
     text = metrics.render().decode()
     assert value(text, "swarmgate_swarm_coverage", model=M) == 0.75
+    assert value(text, "swarmgate_peer_rounds_total") == 3
+    assert value(text, "swarmgate_peer_round_ops_total") == 10
+    assert value(text, "swarmgate_peer_streams_opened_total") == 2
     assert value(text, "swarmgate_swarm_peers", model=M) == 2
     assert value(text, "swarmgate_route_hops_sum", model=M) == 3
     assert value(text, "swarmgate_prefix_reuse_total", model=M, result="hit") == 1
