@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead import overhead  # noqa: E402
 from swarm.models import load_weights  # noqa: E402
 from swarm.models.reference import build_full_model  # noqa: E402
-from tests.procs import start  # noqa: E402
+from tests.procs import Proc, start  # noqa: E402
 
 MODEL = "random:llama-3-8b"
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
@@ -154,6 +154,28 @@ def batching(gateway_url: str, peer_urls: list[str]) -> dict[str, float]:
     }
 
 
+def start_gpu_swarm(extra: list[str]) -> Proc:
+    """`swarmgate up` with two bf16 peers of MODEL and the head on the GPU, on a free port."""
+    return start(
+        [
+            "up",
+            "--model",
+            MODEL,
+            "--peers",
+            "2",
+            "--device",
+            "cuda",
+            "--dtype",
+            "bfloat16",
+            "--port",
+            "0",
+            *extra,
+        ],
+        "GATEWAY_READY ",
+        timeout=900,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
@@ -172,29 +194,8 @@ def main() -> None:
     result["roofline_tok_s"] = roofline
     result["generate_tok_s"] = generate
     print("starting swarmgate up (2 peers, cuda, bf16)...", flush=True)
-    proc = start(
-        [
-            "up",
-            "--model",
-            MODEL,
-            "--peers",
-            "2",
-            "--device",
-            "cuda",
-            "--dtype",
-            "bfloat16",
-            "--port",
-            "0",
-            "--peer-metrics",
-            *(
-                []
-                if args.round_window_ms is None
-                else ["--round-window-ms", str(args.round_window_ms)]
-            ),
-        ],
-        "GATEWAY_READY ",
-        timeout=900,
-    )
+    extra = [] if args.round_window_ms is None else ["--round-window-ms", str(args.round_window_ms)]
+    proc = start_gpu_swarm(["--peer-metrics", *extra])
     try:
         base_url = f"{proc.ready['url']}/v1"
         peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]

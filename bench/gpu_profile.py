@@ -21,8 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import MODEL, many_streams  # noqa: E402
-from tests.procs import start  # noqa: E402
+from bench.gpu import many_streams, start_gpu_swarm  # noqa: E402
 
 
 def summary(path: Path, top: int) -> str:
@@ -56,23 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)
-    proc = start(
-        [
-            "up",
-            "--model",
-            MODEL,
-            "--peers",
-            "2",
-            "--device",
-            "cuda",
-            "--dtype",
-            "bfloat16",
-            "--port",
-            "0",
-        ],
-        "GATEWAY_READY ",
-        timeout=900,
-    )
+    proc = start_gpu_swarm([])
     try:
         base_url = f"{proc.ready['url']}/v1"
         asyncio.run(many_streams(base_url, args.streams, 16))  # warm up
