@@ -24,7 +24,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.routing import Bans, find_route
 from gateway.sampling import Sampler, SamplingParams
 from gateway.stops import StopMatcher
-from gateway.store import KeptSession, MemoryStore, SessionStore
+from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
 from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
@@ -326,8 +326,10 @@ class Engine:
         if session.length != len(kept.token_ids):
             await session.close(keep_alive=0.0)
             return None
+        keep = reusable(kept, prompt)
+        session.truncate(keep)  # the next step overwrites what the prompt does not share
         self.prefix_hits += 1
-        return _Live(session, list(kept.token_ids))
+        return _Live(session, list(kept.token_ids[:keep]))
 
     async def _step(self, model: ServedModel, live: _Live, ids: torch.Tensor) -> torch.Tensor:
         """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed."""

@@ -3,8 +3,8 @@
 After a turn, the gateway leaves the turn's peer sessions alive for a while and records
 `prefix → session`; a later request whose prompt starts with those tokens takes the record and
 re-attaches the caches, sending only its new tokens. Records are keyed by the model and the hash
-of their first tokens; each holds the full token ids, so the longest true prefix wins. Taking a
-record removes it (one request per kept session). `RedisStore` shares records between gateway
+of their first tokens; each holds the full token ids, so the longest common prefix wins (the
+session rolls back to it). Taking a record removes it (one request per kept session). `RedisStore` shares records between gateway
 replicas; `MemoryStore` is the embedded default with the same interface.
 """
 
@@ -53,18 +53,37 @@ def bucket_key(model_hash: str, token_ids: Sequence[int]) -> str:
     return f"{KEY_PREFIX}prefix:{digest}"
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def reusable(kept: KeptSession, prompt: Sequence[int]) -> int:
+    """Cached positions of `kept` a request for `prompt` can keep: their common prefix, less
+    the prompt's last token when the record covers all of it (its logits must be computed)."""
+    return min(common_prefix(kept.token_ids, prompt), len(prompt) - 1)
+
+
 def best_match(
     candidates: Sequence[KeptSession], prompt: Sequence[int], now: float
 ) -> list[KeptSession]:
-    """Live records whose tokens are a proper prefix of `prompt`, longest first."""
-    matches = [
-        c
-        for c in candidates
-        if c.expires > now
-        and 0 < len(c.token_ids) < len(prompt)
-        and tuple(prompt[: len(c.token_ids)]) == c.token_ids
-    ]
-    return sorted(matches, key=lambda c: len(c.token_ids), reverse=True)
+    """Live records that share a prefix with `prompt`, the most reusable positions first.
+
+    A record need not be a prefix of the prompt: a reply re-tokenized in the next turn's
+    template may split differently from the ids that were sampled (one double-newline token
+    sampled, two newline tokens re-encoded), and the caches hold good positions up to that
+    point; the session is rolled back to the common prefix when it is re-attached.
+    """
+    scored = [(reusable(c, prompt), c) for c in candidates if c.expires > now]
+    # most positions kept first; among equals the least to roll back
+    ranked = sorted(
+        (nc for nc in scored if nc[0] > 0), key=lambda nc: (-nc[0], len(nc[1].token_ids))
+    )
+    return [c for _, c in ranked]
 
 
 class SessionStore(Protocol):

@@ -194,6 +194,12 @@ class InferenceSession:
         self.length = position + hidden.shape[1]
         return hidden
 
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on: the next step starts there (peers roll back)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length {length} outside [0, {self.length}]")
+        self.length = length
+
     async def _fail_over(self, index: int, position: int) -> None:
         """Replace link `index` by hops covering its blocks, rebuilt from its input history."""
         failed = self._links[index]

@@ -1,4 +1,4 @@
-"""The session store: longest live prefix wins, taking removes, expired records are pruned."""
+"""The session store: longest common prefix wins, taking removes, expired records are pruned."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import time
 import pytest
 import redis
 
-from gateway.store import BUCKET_TOKENS, KeptSession, MemoryStore, RedisStore, SessionStore
+from gateway.store import (
+    BUCKET_TOKENS,
+    KeptSession,
+    MemoryStore,
+    RedisStore,
+    SessionStore,
+    reusable,
+)
 
 URL = "redis://127.0.0.1:6379/13"
 
@@ -39,8 +46,13 @@ def test_longest_prefix_is_taken_once(store: SessionStore) -> None:
         assert first is not None and first.session_id == "long"
         second = await store.take("m", prompt)
         assert second is not None and second.session_id == "short"  # "long" was taken
-        assert await store.take("m", base) is None  # a record must be a proper prefix
         assert await store.take("other-model", prompt) is None
+        # "other" diverges after `base`: its caches are good for all of `base` but the last
+        # token, whose logits the request needs
+        third = await store.take("m", base)
+        assert third is not None and third.session_id == "other"
+        assert reusable(third, base) == len(base) - 1
+        assert await store.take("m", prompt) is None
         await store.close()
 
     asyncio.run(main())
@@ -52,9 +64,20 @@ def test_expired_records_are_never_taken_and_get_pruned(store: SessionStore) -> 
     async def main() -> None:
         await store.put(kept("old", base, ttl=-1))
         await store.put(kept("new", [*base, 1], ttl=60))  # prunes "old" from the bucket
-        assert await store.take("m", [*base, 2]) is None
         if isinstance(store, MemoryStore):
             assert sum(len(b) for b in store.buckets.values()) == 1
+        taken = await store.take("m", [*base, 2])
+        assert taken is not None and taken.session_id == "new"
+        assert await store.take("m", [*base, 2]) is None  # "old" is never taken
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_record_that_diverges_from_the_prompt_keeps_the_common_prefix() -> None:
+    # a reply sampled as one token and re-encoded as two in the next turn's template
+    sampled = [*range(BUCKET_TOKENS), 1000, 7]  # ..., "\n\n", "1"
+    follow_up = [*range(BUCKET_TOKENS), 999, 999, 7, 5, 6]  # ..., "\n", "\n", "1", ...
+    assert reusable(kept("s", sampled), follow_up) == BUCKET_TOKENS
+    assert reusable(kept("s", sampled), [*sampled, 3]) == len(sampled)  # a true prefix
+    assert reusable(kept("s", sampled), [1, 2, 3]) == 0

@@ -142,6 +142,41 @@ def test_follow_up_turn_reuses_caches_through_redis_across_gateways(swarm: Swarm
     check_reuse(swarm, client_for(first), client_for(second))
 
 
+def test_follow_up_that_rewrites_the_reply_reuses_the_common_prefix(swarm: Swarm) -> None:
+    # the client sends back a different assistant reply than was sampled (edited, or the same
+    # text tokenized differently): the kept caches are rolled back to the common prefix
+    client = client_for(swarm.gateway())
+    messages: list[dict[str, str]] = [
+        {"role": "system", "content": "You are a concise assistant who answers in one line."},
+        {"role": "user", "content": "Name a large river in Europe."},
+    ]
+    one = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=16
+    )  # type: ignore[arg-type]
+    assert one.usage is not None
+    kept = one.usage.prompt_tokens + one.usage.completion_tokens - 1
+    messages += [
+        {"role": "assistant", "content": "Rivers of Europe: the Danube and the Rhine."},
+        {"role": "user", "content": "Which one is longer?"},
+    ]
+    before = tokens_in(swarm)
+    two = client.chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=12
+    )  # type: ignore[arg-type]
+    after = tokens_in(swarm)
+    assert two.usage is not None
+    grew = sorted(b - a for a, b in zip(before, after, strict=True) if b != a)
+    fresh = two.usage.prompt_tokens + two.usage.completion_tokens - 1
+    reused = one.usage.prompt_tokens  # the rewritten reply shares at least the first prompt
+    assert len(grew) == 2 and grew[0] == grew[1], grew
+    assert fresh - kept < grew[0] <= fresh - reused, (grew, fresh, reused, kept)
+    # the same request on a gateway with nothing kept computes every position afresh
+    alone = client_for(swarm.gateway()).chat.completions.create(
+        model="smollm2", messages=messages, temperature=0, max_tokens=12
+    )  # type: ignore[arg-type]
+    assert two.choices[0].message.content == alone.choices[0].message.content
+
+
 def test_client_disconnect_frees_peer_sessions(swarm: Swarm) -> None:
     gateway = swarm.gateway()
     kept_before = [i["sessions_kept"] for i in swarm.info(swarm.live())]
