@@ -4,8 +4,9 @@ After a turn, the gateway leaves the turn's peer sessions alive for a while and 
 `prefix → session`; a later request whose prompt starts with those tokens takes the record and
 re-attaches the caches, sending only its new tokens. Records are keyed by the model and the hash
 of their first tokens; each holds the full token ids, so the longest common prefix wins (the
-session rolls back to it). Taking a record removes it (one request per kept session). `RedisStore` shares records between gateway
-replicas; `MemoryStore` is the embedded default with the same interface.
+session rolls back to it). Taking a record removes it (one request per kept session).
+`RedisStore` shares records between gateway replicas; `MemoryStore` is the embedded default
+with the same interface.
 """
 
 from __future__ import annotations
