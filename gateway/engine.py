@@ -22,7 +22,7 @@ from gateway.detokenize import IncrementalDecoder
 from gateway.head_batch import HeadBatcher
 from gateway.metrics import GatewayMetrics
 from gateway.routing import Bans, find_route
-from gateway.sampling import Sampler, SamplingParams
+from gateway.sampling import SampledToken, Sampler, SamplingParams
 from gateway.stops import StopMatcher
 from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
 from swarm.head import Head
@@ -45,6 +45,7 @@ class OverloadedError(NoRouteError):
 
 
 ADMISSION_POLL = 0.25  # seconds between attempts while every candidate peer is busy
+INLINE_EMBED = 64  # token ids embedded on the event loop; more go to the head's thread
 MAX_OPEN_FAILURES = 4  # peers that fail to open a session before the request gets a 503
 
 
@@ -222,8 +223,27 @@ class Engine:
         result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
         return result
 
-    async def _fresh(self, model: ServedModel, batch: int, max_length: int) -> InferenceSession:
-        """A new session over the best chain; waits in a bounded queue while peers are busy."""
+    async def _embed(self, model: ServedModel, ids: torch.Tensor) -> torch.Tensor:
+        """`ids[batch, n]` → hidden states in the chain's transport dtype's input."""
+        if ids.numel() <= INLINE_EMBED:  # a few rows: a lookup, cheaper than a thread hop
+            return model.head.embed(ids)
+        return await self._run_head(model.head.embed, ids)
+
+    def transport_dtype(self, model: ServedModel, hops: Sequence[Hop]) -> torch.dtype:
+        """bf16 on the wire when every hop computes in bf16 (lossless: each peer casts its
+        input to bf16 anyway), else fp32. Half the bytes through libp2p's Python stack."""
+        view = self.model_view(model)
+        dtypes = {p.peer_id: p.record.dtype for p in (view.peers if view else [])}
+        if all(dtypes.get(h.peer_id) == "bfloat16" for h in hops):
+            return torch.bfloat16
+        return torch.float32
+
+    async def _fresh(
+        self, model: ServedModel, batch: int, max_length: int, embedded: torch.Tensor
+    ) -> tuple[InferenceSession, torch.Tensor]:
+        """A new session over the best chain, prefilled with `embedded`; its output.
+
+        Waits in a bounded queue while peers are busy."""
         deadline = time.monotonic() + self.max_wait
         busy: set[str] = set()
         failed: set[str] = set()
@@ -232,7 +252,7 @@ class Engine:
             while True:
                 try:
                     return await self._open_fresh(
-                        model, batch, max_length, frozenset(busy | failed)
+                        model, batch, max_length, frozenset(busy | failed), embedded
                     )
                 except (WireError, OSError) as error:
                     peer_id = str(getattr(error, "peer_id", ""))
@@ -263,8 +283,13 @@ class Engine:
                 self.waiting -= 1
 
     async def _open_fresh(
-        self, model: ServedModel, batch: int, max_length: int, avoid: frozenset[str]
-    ) -> InferenceSession:
+        self,
+        model: ServedModel,
+        batch: int,
+        max_length: int,
+        avoid: frozenset[str],
+        embedded: torch.Tensor,
+    ) -> tuple[InferenceSession, torch.Tensor]:
         cache_tokens = batch * max_length
         try:
             hops = await self.route(
@@ -291,15 +316,19 @@ class Engine:
             hops,
             max_length=max_length,
             batch=batch,
+            transport_dtype=self.transport_dtype(model, hops),
             reroute=reroute,
             channels=self.channels,
         )
-        await session.open()
+        hidden = await session.start(embedded)
         self.metrics.route_opened(model.name, len(hops))
-        return session
+        return session, hidden
 
-    async def _resume(self, model: ServedModel, prompt: list[int], max_length: int) -> _Live | None:
-        """Re-attach the peer caches of the longest kept prefix of `prompt`, if any."""
+    async def _resume(
+        self, model: ServedModel, prompt: list[int], max_length: int
+    ) -> tuple[_Live, torch.Tensor] | None:
+        """Re-attach the peer caches of the longest kept prefix of `prompt` and feed the rest
+        of the prompt; None when nothing is kept (or the kept caches are gone)."""
         try:
             kept = await self.store.take(model.model_hash, prompt)
         except Exception:
@@ -314,39 +343,34 @@ class Engine:
             model.model_hash,
             hops,
             max_length=max_length,
+            transport_dtype=self.transport_dtype(model, hops),
             session_id=kept.session_id,
             keep_alive=self.keep_alive,
             channels=self.channels,
         )
+        # the next step overwrites what the prompt does not share (peers roll back)
+        keep = reusable(kept, prompt)
+        embedded = await self._embed(model, torch.tensor([prompt[keep:]]))
         try:
-            await session.open(resume=True)
-        except (WireError, OSError, SessionFailedError) as error:
+            hidden = await session.start(embedded, resume=True, position=keep)
+        except (WireError, OSError) as error:
             log.info("kept session %s is gone: %s", kept.session_id[:8], error)
             return None
-        if session.length != len(kept.token_ids):
-            await session.close(keep_alive=0.0)
-            return None
-        keep = reusable(kept, prompt)
-        session.truncate(keep)  # the next step overwrites what the prompt does not share
         self.prefix_hits += 1
-        return _Live(session, list(kept.token_ids[:keep]))
+        return _Live(session, list(prompt)), hidden
 
     async def _step(self, model: ServedModel, live: _Live, ids: torch.Tensor) -> torch.Tensor:
         """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed."""
-        head = model.head
-        # one row per choice is a table lookup: cheaper here than a hop to the head's thread
-        embedded = head.embed(ids) if ids.shape[1] == 1 else await self._run_head(head.embed, ids)
+        embedded = await self._embed(model, ids)
         try:
             hidden = await live.session.step(embedded)
         except HistoryLostError:
             self.metrics.failed_over(model.name, live.session.failovers)
             max_length = live.session.max_length
             await live.session.close(keep_alive=0.0)
-            live.session = await self._fresh(model, 1, max_length)
-            replay = torch.tensor([live.fed + ids[0].tolist()])
-            hidden = (await live.session.step(await self._run_head(head.embed, replay)))[
-                :, -ids.shape[1] :
-            ]
+            replay = await self._embed(model, torch.tensor([live.fed + ids[0].tolist()]))
+            live.session, hidden = await self._fresh(model, 1, max_length, replay)
+            hidden = hidden[:, -ids.shape[1] :]
         if ids.shape[0] == 1:
             live.fed.extend(int(t) for t in ids[0])
         return hidden
@@ -366,26 +390,38 @@ class Engine:
         head = model.head
         usage.prompt_tokens = len(prompt_ids)
         max_length = len(prompt_ids) + max_tokens
-        live = await self._resume(model, prompt_ids, max_length) if n == 1 else None
+        started = await self._resume(model, prompt_ids, max_length) if n == 1 else None
         if n == 1:
-            self.metrics.prefix_lookup(model.name, live is not None)
-        if live is None:
-            live = _Live(await self._fresh(model, n, max_length))
+            self.metrics.prefix_lookup(model.name, started is not None)
+        if started is None:
+            embedded = await self._embed(model, torch.tensor([prompt_ids] * n))
+            session, hidden = await self._fresh(model, n, max_length, embedded)
+            live = _Live(session, list(prompt_ids) if n == 1 else [])
+        else:
+            live, hidden = started
         choices = [
             _Choice(i, Sampler(params, i), StopMatcher(stops), IncrementalDecoder(head.decode))
             for i in range(n)
         ]
         eos = head.eos_token_ids
+        batcher = self._batcher(model)
         finished = False
         try:
-            new_ids = prompt_ids[len(live.fed) :]
-            hidden = await self._step(model, live, torch.tensor([new_ids] * n))
             for _step in range(max_tokens):
-                logits = await self._batcher(model).logits(hidden[:, -1:])
+                picks: list[SampledToken | None]
+                if params.plain_greedy:  # picked in the head pass, with every other stream's
+                    tokens = await batcher.greedy(hidden[:, -1:])
+                    picks = [SampledToken(t, 0.0, []) for t in tokens]  # logprob: not asked
+                else:
+                    logits = await batcher.logits(hidden[:, -1:])
+                    picks = [
+                        c.sampler.sample(logits[c.index, -1], c.ids) if not c.done else None
+                        for c in choices
+                    ]
                 deltas = [
-                    self._advance(model, choice, logits[choice.index, -1], eos)
-                    for choice in choices
-                    if not choice.done
+                    self._advance(model, choice, pick, eos)
+                    for choice, pick in zip(choices, picks, strict=True)
+                    if not choice.done and pick is not None
                 ]
                 usage.completion_tokens += sum(len(d.token_ids) for d in deltas)
                 if all(choice.done for choice in choices):
@@ -410,13 +446,16 @@ class Engine:
             await asyncio.shield(self._finish(model, live, keep=finished and n == 1))
 
     async def _finish(self, model: ServedModel, live: _Live, keep: bool) -> None:
-        """Close the session; after a complete turn keep its caches and record the prefix."""
+        """Close the session; after a complete turn keep its caches and record the prefix.
+
+        The closes go out with the channels' next rounds and nobody waits for them: the
+        record is written first, and a follow-up turn's resume is ordered after the close
+        (same channel) or waits for it at the peer (another gateway)."""
         session = live.session
         self.metrics.failed_over(model.name, session.failovers)
         if not keep:
-            await session.close(keep_alive=0.0)
+            session.close_soon(keep_alive=0.0)
             return
-        await session.close(keep_alive=self.keep_alive)
         kept = KeptSession(
             model_hash=model.model_hash,
             session_id=session.session_id,
@@ -424,6 +463,7 @@ class Engine:
             hops=tuple((h.peer_id, h.start, h.end, tuple(h.addrs)) for h in session.route),
             expires=time.time() + self.keep_alive - 5.0,
         )
+        session.close_soon(keep_alive=self.keep_alive)
         try:
             await self.store.put(kept)
         except Exception:
@@ -431,10 +471,9 @@ class Engine:
             log.warning("could not record a kept session", exc_info=True)
 
     def _advance(
-        self, model: ServedModel, choice: _Choice, logits: torch.Tensor, eos: set[int]
+        self, model: ServedModel, choice: _Choice, sampled: SampledToken, eos: set[int]
     ) -> ChoiceDelta:
         head = model.head
-        sampled = choice.sampler.sample(logits, choice.ids)
         token = sampled.token_id
         delta = ChoiceDelta(choice.index, token_ids=[token])
         if token in eos:

@@ -110,6 +110,17 @@ class SamplingParams:
         """Whether decoding is deterministic argmax (temperature ~0 or top_k == 1)."""
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Argmax of the raw logits: greedy with no bias, penalty or logprobs to compute."""
+        return (
+            self.greedy
+            and not self.logit_bias
+            and not self.presence_penalty
+            and not self.frequency_penalty
+            and not self.logprobs
+        )
+
     def check_vocab(self, vocab_size: int) -> None:
         """Raise a 400 ``APIError`` (param ``logit_bias``) if a biased id is not in the vocab."""
         for token in self.logit_bias:

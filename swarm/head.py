@@ -6,6 +6,7 @@ through `embed`, hidden states come back out of the last span and become logits 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,14 @@ class Head:
             weights.config, weights.layout, weights.head_tensors(), dtype, self.device
         )
         self.embed_tokens: nn.Module = module.get_submodule(weights.layout.embed)
+        # embeddings only go to the wire: a GPU head looks them up in a host copy of the
+        # table, so feeding a token back costs no device round trip (behind the LM head)
+        self._host_embed: nn.Module = self.embed_tokens
+        if self.device.type != "cpu":
+            self._host_embed = copy.deepcopy(self.embed_tokens).to("cpu")
+            scale = getattr(self._host_embed, "embed_scale", None)  # Gemma's, not a buffer
+            if isinstance(scale, torch.Tensor):
+                self._host_embed.embed_scale = scale.cpu()
         self.norm: nn.Module = module.get_submodule(weights.layout.norm)
         self.lm_head: nn.Module = module.get_submodule(weights.layout.lm_head)
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
@@ -78,8 +87,8 @@ class Head:
 
     @torch.inference_mode()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """`ids[batch, n]` → `hidden[batch, n, h]`."""
-        hidden: torch.Tensor = self.embed_tokens(ids.to(self.device))
+        """`ids[batch, n]` → `hidden[batch, n, h]`, on the host (ready for the wire)."""
+        hidden: torch.Tensor = self._host_embed(ids.cpu())
         return hidden
 
     @torch.inference_mode()

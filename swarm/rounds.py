@@ -166,14 +166,14 @@ class PeerChannel:
                 async with asyncio.timeout(min(deadline - now, self.window / 4)):
                     await self._wake.wait()
 
-    def close_session_soon(self, session: str) -> None:
+    def close_session_soon(self, session: str, keep_alive: float = 0.0) -> None:
         """Send a close for `session` with the next round, without waiting for its answer."""
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
-        header = {"type": "close", "session": session, "keep_alive": 0.0}
+        header = {"type": "close", "session": session, "keep_alive": keep_alive}
         self._pending.append(_Op(header, None, future))
         self._stepping.pop(session, None)
         self.whereabouts.forget(session)

@@ -107,7 +107,7 @@ class InferenceSession:
 
     async def open(self, resume: bool = False) -> None:
         """Open the session at every hop; `resume` re-attaches caches peers kept for it."""
-        self._links = [_Link(hop) for hop in self.route]
+        self._links = [self._attach(hop) for hop in self.route]
         keep = self.keep_alive if resume else 0.0
         try:
             # wait for every open, so that none still in flight is left behind unclosed
@@ -128,13 +128,49 @@ class InferenceSession:
                 raise SessionFailedError(f"kept caches disagree on their length: {lengths}")
             self.length = self.resumed_length = lengths[0]
 
+    async def start(
+        self, hidden: torch.Tensor, *, resume: bool = False, position: int = 0
+    ) -> torch.Tensor:
+        """Open the session and send its first step: `hidden[batch, n, h]` at `position`.
+
+        Each hop gets its open and its step in one round (one round trip per hop instead of
+        an open round trip before the chain's steps). `resume` re-attaches the caches the
+        peers kept for this session id and keeps their first `position` positions. On any
+        failure the hops opened so far are closed and the error is raised (no failover: the
+        caller picks another chain).
+        """
+        self._links = []
+        keep = self.keep_alive if resume else 0.0
+        try:
+            for hop in self.route:
+                link = self._attach(hop)
+                self._links.append(link)
+                opened, output = await asyncio.gather(
+                    self._open_link(link, resume),
+                    self._step_link(link, hidden, position),
+                    return_exceptions=True,
+                )
+                for outcome in (opened, output):  # the open's error explains the step's
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                assert isinstance(output, torch.Tensor)
+                link.inputs.record(hidden, position)
+                hidden = output
+        except BaseException:
+            await self.close(keep_alive=keep)
+            raise
+        self.resumed_length = position if resume else 0
+        self.length = position + hidden.shape[1]
+        return hidden
+
+    def _attach(self, hop: Hop) -> _Link:
+        channels = self.channels or channels_of(self.node)
+        return _Link(hop, channels.get(hop.peer_id, hop.addrs))
+
     async def _open_link(self, link: _Link, resume: bool = False) -> int:
         hop = link.hop
-        channels = self.channels or channels_of(self.node)
-        channel = channels.get(hop.peer_id, hop.addrs)
-        # set before the answer: if this open is abandoned, close() still tells the peer
-        link.channel = channel
-        reply, _ = await channel.call(
+        assert link.channel is not None  # set before the answer: close() tells the peer
+        reply, _ = await link.channel.call(
             {
                 "type": "open",
                 "session": self.session_id,
@@ -220,7 +256,7 @@ class InferenceSession:
                 raise SessionFailedError(
                     f"no peer can serve blocks [{failed.hop.start}, {failed.hop.end})"
                 )
-            links = [_Link(hop) for hop in hops]
+            links = [self._attach(hop) for hop in hops]
             try:
                 await self._rebuild(links, history)
                 break
@@ -251,6 +287,17 @@ class InferenceSession:
         """End the session at every hop; peers keep the caches for `keep_alive` seconds if asked."""
         keep = self.keep_alive if keep_alive is None else keep_alive
         await self._close_links(self._links, keep)
+
+    def close_soon(self, keep_alive: float = 0.0) -> None:
+        """Like `close`, but without waiting: each close goes with its channel's next round.
+
+        A later request through the same channels is ordered after it; peers make a resume
+        from another client wait for the close.
+        """
+        for link in self._links:
+            channel, link.channel = link.channel, None
+            if channel is not None:
+                channel.close_session_soon(self.session_id, keep_alive)
 
     async def _close_links(self, links: Sequence[_Link], keep_alive: float) -> None:
         async def close_one(link: _Link) -> None:
