@@ -52,3 +52,37 @@ def test_a_failed_pass_fails_its_waiters_and_the_batcher_recovers() -> None:
         return await batcher.logits(torch.ones(1, 1, 4))
 
     assert torch.allclose(asyncio.run(main()), torch.ones(1, 1, 4) @ WEIGHT.T)
+
+
+def test_greedy_rows_are_picked_in_the_pass_they_share_with_logits_rows() -> None:
+    async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[object]]:
+        batcher = HeadBatcher(slow_logits, concurrent.futures.ThreadPoolExecutor(1))
+        inputs = [torch.randn(b, 1, 4) for b in (1, 2, 3, 1)]
+        first = asyncio.create_task(batcher.greedy(inputs[0]))
+        await asyncio.sleep(0.01)
+        rest = await asyncio.gather(
+            batcher.greedy(inputs[1]), batcher.logits(inputs[2]), batcher.greedy(inputs[3])
+        )
+        return batcher, inputs, [await first, *rest]
+
+    batcher, inputs, outputs = asyncio.run(main())
+    assert batcher.passes == 2 and batcher.rows == 7
+    for i in (0, 1, 3):  # each greedy waiter gets the argmax of its own rows
+        assert outputs[i] == (inputs[i] @ WEIGHT.T)[:, -1].argmax(-1).tolist()
+    assert torch.allclose(outputs[2], inputs[2] @ WEIGHT.T)  # type: ignore[arg-type]
+
+
+def test_a_row_with_nan_logits_fails_only_its_own_waiter() -> None:
+    batcher = HeadBatcher(slow_logits, concurrent.futures.ThreadPoolExecutor(1))
+
+    async def main() -> list[object]:
+        bad = torch.full((1, 1, 4), float("nan"))
+        good = torch.randn(2, 1, 4)
+        return await asyncio.gather(
+            batcher.greedy(bad), batcher.greedy(good), return_exceptions=True
+        )
+
+    bad, good = asyncio.run(main())
+    assert batcher.passes == 1  # one pass for both
+    assert isinstance(bad, ValueError) and "no token can be sampled" in str(bad)
+    assert isinstance(good, list) and len(good) == 2

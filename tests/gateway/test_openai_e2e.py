@@ -116,6 +116,52 @@ def test_n_seed_stop_max_tokens_and_logprobs(client: openai.OpenAI) -> None:
         assert item.token == item.top_logprobs[0].token  # greedy picks the most likely
 
 
+def test_concurrent_greedy_streams_each_match_the_whole_model(base_url: str) -> None:
+    # greedy rows of concurrent generations are picked together in one head pass: each
+    # stream must still get exactly the tokens of its own prompt (as the whole model gives)
+    import torch
+
+    from swarm.models import load_weights
+    from swarm.models.reference import build_full_model
+
+    weights = load_weights("smollm2-135m-instruct")
+    tokenizer = weights.tokenizer()
+    model = build_full_model(weights)
+    questions = [
+        "What is the capital of France?",
+        "Name a planet of the solar system.",
+        "How many legs does a spider have?",
+        "What colour is the sky on a clear day?",
+    ]
+    expected = []
+    for question in questions:
+        messages = [{"role": "user", "content": question}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tokenizer.encode(str(text), add_special_tokens=False)])
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
+        expected.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+    async def ask(client: openai.AsyncOpenAI, question: str) -> str:
+        stream = await client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=16,
+            stream=True,
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def main() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        try:
+            return await asyncio.gather(*(ask(client, q) for q in questions))
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == expected
+
+
 def test_completions_and_models(client: openai.OpenAI) -> None:
     done = client.completions.create(
         model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0

@@ -118,6 +118,49 @@ def test_greedy_tokens_over_two_peers_equal_the_full_model(
     run(main())
 
 
+def test_start_sends_each_hop_its_open_and_first_step_in_one_round(
+    peers: list[Proc], weights: Weights
+) -> None:
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 8)
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            channels = channels_of(node)
+            session = InferenceSession(node, weights.model_hash, hops(peers), max_length=64)
+            rounds = channels.stats.rounds
+            hidden = await session.start(head.embed(torch.tensor([prompt])))
+            assert channels.stats.rounds - rounds == 2  # [open, step] per hop, hop after hop
+            assert session.length == len(prompt)
+            tokens = [int(head.logits(hidden)[0, -1].argmax())]
+            while len(tokens) < 8:
+                hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
+                tokens.append(int(head.logits(hidden)[0, -1].argmax()))
+            assert tokens == expected
+            session.close_soon()  # not awaited: goes with the channels' next round
+
+            async def open_sessions() -> list[int]:
+                return [int((await info(node, p))["sessions"]) for p in peers]
+
+            for _ in range(100):
+                if await open_sessions() == [0, 0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert await open_sessions() == [0, 0]
+            # a hop that refuses the open fails the start and leaves nothing open anywhere
+            bad = [hops(peers)[0], Hop(hops(peers)[1].peer_id, 15, 29, hops(peers)[1].addrs)]
+            failing = InferenceSession(node, weights.model_hash, bad, max_length=64)
+            with pytest.raises(WireError):
+                await failing.start(head.embed(torch.tensor([prompt])))
+            assert await open_sessions() == [0, 0]
+        finally:
+            await node.stop()
+
+    run(main())
+
+
 def test_rollback_over_the_wire(peers: list[Proc], weights: Weights) -> None:
     head = Head(weights)
     prompt = head.encode_text("The quick brown fox jumps over the lazy dog. The quick brown")
