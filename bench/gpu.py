@@ -138,19 +138,28 @@ def scrape(url: str, names: list[str]) -> dict[str, float]:
     return values
 
 
-def batching(gateway_url: str, peer_urls: list[str]) -> dict[str, float]:
-    """Ops per round frame at the gateway, rows per forward at the peers (whole run)."""
-    gateway = scrape(
-        f"{gateway_url}/metrics", ["swarmgate_peer_rounds_total", "swarmgate_peer_round_ops_total"]
-    )
-    names = ["swarmgate_peer_batch_size_sum", "swarmgate_peer_batch_size_count"]
-    peers = [scrape(url, names) for url in peer_urls]
-    rows = sum(p.get(names[0], 0.0) for p in peers)
-    forwards = sum(p.get(names[1], 0.0) for p in peers)
-    rounds = gateway.get("swarmgate_peer_rounds_total", 0.0)
+BATCH_COUNTERS = ["swarmgate_peer_rounds_total", "swarmgate_peer_round_ops_total"]
+PEER_COUNTERS = ["swarmgate_peer_batch_size_sum", "swarmgate_peer_batch_size_count"]
+
+
+def counters(gateway_url: str, peer_urls: list[str]) -> dict[str, float]:
+    """The gateway's round counters and the peers' batch-size counters, summed."""
+    totals = scrape(f"{gateway_url}/metrics", BATCH_COUNTERS)
+    for url in peer_urls:
+        for name, value in scrape(url, PEER_COUNTERS).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Ops per round frame at the gateway, rows per forward at the peers, between two scrapes."""
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
     return {
-        "ops_per_round": gateway.get("swarmgate_peer_round_ops_total", 0.0) / max(rounds, 1.0),
-        "rows_per_forward": rows / max(forwards, 1.0),
+        "ops_per_round": grew(BATCH_COUNTERS[1]) / max(grew(BATCH_COUNTERS[0]), 1.0),
+        "rows_per_forward": grew(PEER_COUNTERS[0]) / max(grew(PEER_COUNTERS[1]), 1.0),
     }
 
 
@@ -212,9 +221,11 @@ def main() -> None:
         result["overhead"] = overhead(client, MODEL, PROMPT, peer_urls, 10)
         print("gateway overhead:", result["overhead"], flush=True)
         asyncio.run(many_streams(base_url, args.streams, args.tokens))  # warm up, as above
+        before = counters(str(proc.ready["url"]), peer_urls)
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
         print("concurrent:", result["concurrent"], flush=True)
-        result["batching"] = batching(str(proc.ready["url"]), peer_urls)
+        # of the concurrent run alone (opens, closes and prefills included)
+        result["batching"] = batching(before, counters(str(proc.ready["url"]), peer_urls))
         print("batching:", result["batching"], flush=True)
     finally:
         code = proc.stop(timeout=60)
