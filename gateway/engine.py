@@ -224,7 +224,7 @@ class Engine:
         return result
 
     async def _embed(self, model: ServedModel, ids: torch.Tensor) -> torch.Tensor:
-        """`ids[batch, n]` → hidden states in the chain's transport dtype's input."""
+        """`ids[batch, n]` → their embeddings `[batch, n, h]`, on the host (for the wire)."""
         if ids.numel() <= INLINE_EMBED:  # a few rows: a lookup, cheaper than a thread hop
             return model.head.embed(ids)
         return await self._run_head(model.head.embed, ids)

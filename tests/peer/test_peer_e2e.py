@@ -89,10 +89,17 @@ async def swarm_greedy(
 ) -> list[int]:
     async with InferenceSession(node, weights.model_hash, route, max_length=256) as session:
         hidden = await session.step(head.embed(torch.tensor([prompt])))
-        tokens = [int(head.logits(hidden)[0, -1].argmax())]
-        while len(tokens) < steps:
-            hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
-            tokens.append(int(head.logits(hidden)[0, -1].argmax()))
+        return await decode_greedy(session, head, hidden, steps)
+
+
+async def decode_greedy(
+    session: InferenceSession, head: Head, hidden: torch.Tensor, steps: int
+) -> list[int]:
+    """`steps` greedy tokens, the first from `hidden` (the prompt's output)."""
+    tokens = [int(head.logits(hidden)[0, -1].argmax())]
+    while len(tokens) < steps:
+        hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
+        tokens.append(int(head.logits(hidden)[0, -1].argmax()))
     return tokens
 
 
@@ -134,11 +141,7 @@ def test_start_sends_each_hop_its_open_and_first_step_in_one_round(
             hidden = await session.start(head.embed(torch.tensor([prompt])))
             assert channels.stats.rounds - rounds == 2  # [open, step] per hop, hop after hop
             assert session.length == len(prompt)
-            tokens = [int(head.logits(hidden)[0, -1].argmax())]
-            while len(tokens) < 8:
-                hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
-                tokens.append(int(head.logits(hidden)[0, -1].argmax()))
-            assert tokens == expected
+            assert await decode_greedy(session, head, hidden, 8) == expected
             session.close_soon()  # not awaited: goes with the channels' next round
 
             async def open_sessions() -> list[int]:
