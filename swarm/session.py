@@ -81,7 +81,7 @@ class _History:
 @dataclass
 class _Link:
     hop: Hop
-    channel: PeerChannel | None = None  # set once the hop's peer accepted the session
+    channel: PeerChannel | None = None  # the hop's channel until the session is closed there
     inputs: _History = field(default_factory=_History)
     seq: int = 0
 
@@ -229,12 +229,6 @@ class InferenceSession:
             index += 1
         self.length = position + hidden.shape[1]
         return hidden
-
-    def truncate(self, length: int) -> None:
-        """Forget positions from `length` on: the next step starts there (peers roll back)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"length {length} outside [0, {self.length}]")
-        self.length = length
 
     async def _fail_over(self, index: int, position: int) -> None:
         """Replace link `index` by hops covering its blocks, rebuilt from its input history."""
