@@ -5,7 +5,10 @@ p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), ag
 model's `generate` in this process with the same number of threads (the baseline, measured in
 the same run). Prints a table; writes JSON to bench-out/decode.json.
 
-    python bench/decode.py [--peers 2 3] [--tokens 64]
+    python bench/decode.py [--peers 2 3] [--tokens 64] [--transports lanes libp2p]
+
+`--transports` runs each swarm once per way of reaching the peers: `lanes` (the default:
+TCP + Noise beside libp2p, swarm/lanes.py) and `libp2p` (`--no-lanes`: py-libp2p streams).
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--transports", nargs="+", choices=["lanes", "libp2p"], default=["lanes"])
     args = parser.parse_args()
     quiet_third_party_logs()
     head = Head(load_weights(DEFAULT_MODEL))
@@ -125,34 +129,39 @@ def main() -> None:
                 **baseline(ids, args.tokens),
             }
         )
-    gateway: dict[int, dict[str, float]] = {}
-    for peers in args.peers:
-        print(f"starting swarmgate up with {peers} peers...", flush=True)
+    gateway: dict[str, dict[str, float]] = {}
+    for peers, transport in itertools.product(args.peers, args.transports):
+        setup = f"swarmgate up, {peers} peers" + (
+            f", {transport}" if len(args.transports) > 1 else ""
+        )
+        print(f"starting {setup}...", flush=True)
+        flags = [] if transport == "lanes" else ["--no-lanes"]
         proc = start(
-            ["up", "--port", "0", "--peers", str(peers), "--peer-metrics"], "GATEWAY_READY "
+            ["up", "--port", "0", "--peers", str(peers), "--peer-metrics", *flags],
+            "GATEWAY_READY ",
         )
         try:
             for label, prompt in (("short", SHORT), ("500-token", LONG)):
                 result = through_swarm(str(proc.ready["url"]), prompt, args.tokens)
-                rows.append({"setup": f"swarmgate up, {peers} peers", "prompt": label, **result})
+                rows.append({"setup": setup, "prompt": label, **result})
             client = openai.OpenAI(base_url=f"{proc.ready['url']}/v1", api_key="x", max_retries=0)
             peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
             prompt = [{"role": "user", "content": SHORT}]
-            gateway[peers] = overhead(client, DEFAULT_MODEL, prompt, peer_urls, 10)
+            gateway[setup] = overhead(client, DEFAULT_MODEL, prompt, peer_urls, 10)
         finally:
             proc.stop(timeout=60)
     base = {r["prompt"]: r for r in rows if r["setup"].startswith("generate")}
     print(
-        f"\n{'setup':28} {'prompt':10} {'TTFT ms':>8} {'tok/s':>7} {'ITL p50':>8} {'ITL p99':>8} {'tok/s vs generate':>18}"
+        f"\n{'setup':36} {'prompt':10} {'TTFT ms':>8} {'tok/s':>7} {'ITL p50':>8} {'ITL p99':>8} {'tok/s vs generate':>18}"
     )
     for r in rows:
         r["tok_s_ratio"] = r["tok_s"] / base[r["prompt"]]["tok_s"]
         print(
-            f"{r['setup']:28} {r['prompt']:10} {r['ttft_ms']:>8.1f} {r['tok_s']:>7.1f} {r['itl_p50_ms']:>8.1f} {r['itl_p99_ms']:>8.1f} {r['tok_s_ratio']:>18.2f}"
+            f"{r['setup']:36} {r['prompt']:10} {r['ttft_ms']:>8.1f} {r['tok_s']:>7.1f} {r['itl_p50_ms']:>8.1f} {r['itl_p99_ms']:>8.1f} {r['tok_s_ratio']:>18.2f}"
         )
-    for peers, figures in gateway.items():
+    for setup, figures in gateway.items():
         print(
-            f"{peers} peers: one-prefill request {figures['latency_p50_ms']:.1f} ms p50, of which "
+            f"{setup}: one-prefill request {figures['latency_p50_ms']:.1f} ms p50, of which "
             f"gateway + network + head (not the peers' compute) {figures['overhead_p50_ms']:.1f} ms"
         )
     out = ROOT / "bench-out"

@@ -185,25 +185,12 @@ def start_gpu_swarm(extra: list[str]) -> Proc:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--streams", type=int, default=32)
-    parser.add_argument("--skip-generate", action="store_true")
-    parser.add_argument("--round-window-ms", type=float, default=None, help="passed to `up`")
-    args = parser.parse_args()
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
-    bandwidth = copy_bandwidth()
-    generate, read_bytes = (
-        ({}, 0) if args.skip_generate else baseline_generate(args.tokens, [1, 32])
-    )
-    result["copy_bandwidth_gbs"] = bandwidth / 1e9
-    result["weights_read_gb"] = read_bytes / 1e9
-    roofline = bandwidth / read_bytes if read_bytes else float("nan")
-    result["roofline_tok_s"] = roofline
-    result["generate_tok_s"] = generate
-    print("starting swarmgate up (2 peers, cuda, bf16)...", flush=True)
+def measure_swarm(args: argparse.Namespace, transport: str) -> dict[str, Any]:
+    """One `swarmgate up` run: single stream, overhead, concurrent streams, batching."""
+    result: dict[str, Any] = {"transport": transport}
+    print(f"starting swarmgate up (2 peers, cuda, bf16, {transport})...", flush=True)
     extra = [] if args.round_window_ms is None else ["--round-window-ms", str(args.round_window_ms)]
+    extra += [] if transport == "lanes" else ["--no-lanes"]
     proc = start_gpu_swarm(["--peer-metrics", *extra])
     try:
         base_url = f"{proc.ready['url']}/v1"
@@ -231,22 +218,57 @@ def main() -> None:
         code = proc.stop(timeout=60)
         if code != 0:
             print(proc.output[-3000:])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--streams", type=int, default=32)
+    parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument("--round-window-ms", type=float, default=None, help="passed to `up`")
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=["lanes", "libp2p"],
+        default=["lanes"],
+        help="one swarm per transport: lanes (default) or libp2p streams only (--no-lanes)",
+    )
+    args = parser.parse_args()
+    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
+    bandwidth = copy_bandwidth()
+    generate, read_bytes = (
+        ({}, 0) if args.skip_generate else baseline_generate(args.tokens, [1, 32])
+    )
+    result["copy_bandwidth_gbs"] = bandwidth / 1e9
+    result["weights_read_gb"] = read_bytes / 1e9
+    roofline = bandwidth / read_bytes if read_bytes else float("nan")
+    result["roofline_tok_s"] = roofline
+    result["generate_tok_s"] = generate
+    swarms = {t: measure_swarm(args, t) for t in args.transports}
+    result["swarms"] = swarms
+    result.update(swarms[args.transports[0]])  # the first transport's figures, as before
     gen1, gen32 = generate.get(1, float("nan")), generate.get(32, float("nan"))
-    single, many = result["single"]["tok_s"], result["concurrent"]["tok_s"]
     rows = [
         ("HBM roofline, batch 1", roofline, "1.00 (bound)"),
         ("transformers generate, batch 1", gen1, f"{gen1 / roofline:.2f} of roofline"),
         ("transformers generate, batch 32", gen32, f"{gen32 / gen1:.2f}x generate bs1"),
-        ("swarmgate, 1 stream", single, f"{single / gen1:.2f}x generate bs1"),
-        ("swarmgate, 32 streams", many, f"{many / gen32:.2f}x generate bs32"),
     ]
+    for transport, swarm in swarms.items():
+        single, many = swarm["single"]["tok_s"], swarm["concurrent"]["tok_s"]
+        rows += [
+            (f"swarmgate, 1 stream, {transport}", single, f"{single / gen1:.2f}x generate bs1"),
+            (f"swarmgate, 32 streams, {transport}", many, f"{many / gen32:.2f}x generate bs32"),
+        ]
     print(f"\n{'setup':34} {'tok/s':>9}  ratio")
     for name, value, ratio in rows:
         print(f"{name:34} {value:>9.1f}  {ratio}")
-    print(
-        f"single-stream TTFT {result['single']['ttft_ms']:.1f} ms; gateway overhead on a request "
-        f"(latency minus peers' compute) p50 {result['overhead']['overhead_p50_ms']:.2f} ms"
-    )
+    for transport, swarm in swarms.items():
+        print(
+            f"{transport}: single-stream TTFT {swarm['single']['ttft_ms']:.1f} ms; gateway "
+            f"overhead on a request (latency minus peers' compute) p50 "
+            f"{swarm['overhead']['overhead_p50_ms']:.2f} ms"
+        )
     result["rows"] = [{"setup": n, "tok_s": v, "ratio": r} for n, v, r in rows]
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)

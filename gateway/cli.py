@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         device=args.device,
         round_window=args.round_window_ms / 1000,
+        lanes=args.lanes,
     )
 
     def ready(url: str) -> None:
@@ -60,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=5.0,
         help="how long a round to a peer waits for generations still on their way (batching)",
+    )
+    parser.add_argument(
+        "--no-lanes",
+        dest="lanes",
+        action="store_false",
+        help="talk to peers over libp2p streams only (no TCP + Noise lanes beside libp2p)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

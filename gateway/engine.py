@@ -132,6 +132,7 @@ class Engine:
         max_waiting: int = 64,
         max_wait: float = 10.0,
         round_window: float = 0.005,
+        lanes: bool = True,
     ) -> None:
         self.node = node
         self.mixed_precision = mixed_precision
@@ -150,8 +151,9 @@ class Engine:
         self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
         self._head_batchers: dict[str, HeadBatcher] = {}
         # one stream per peer, shared by every session; a round waits up to `round_window`
-        # for the steps of the other generations decoding through that peer
-        self.channels = Channels(node, window=round_window)
+        # for the steps of the other generations decoding through that peer; a lane where the
+        # peer offers one (swarm.lanes), else a libp2p stream
+        self.channels = Channels(node, window=round_window, lanes=lanes)
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:

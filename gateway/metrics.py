@@ -69,12 +69,18 @@ class SwarmCollector(Collector):
             "swarmgate_peer_streams_opened",
             "Sessions streams opened to peers (kept across requests)",
         )
+        lanes = CounterMetricFamily(
+            "swarmgate_peer_lanes_opened",
+            "Of those, lanes (TCP + Noise beside libp2p) rather than libp2p streams",
+        )
         rounds.add_metric([], stats.rounds if stats else 0)
         ops.add_metric([], stats.ops if stats else 0)
         streams.add_metric([], stats.streams if stats else 0)
+        lanes.add_metric([], stats.lanes if stats else 0)
         yield rounds
         yield ops
         yield streams
+        yield lanes
 
 
 class GatewayMetrics:

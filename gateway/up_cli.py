@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="swarmgate-up-"))
     extra = ["--dtype", args.dtype, "--device", args.device]
     extra += ["--metrics-port", "0"] if args.peer_metrics else []
+    extra += [] if args.lanes else ["--no-lanes"]
     try:
         bootstrap: str | None = None
         print(
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             api_keys=[args.api_key] if args.api_key else [],
             device=args.device,
             round_window=args.round_window_ms / 1000,
+            lanes=args.lanes,
         )
 
         def announce(url: str) -> None:
@@ -148,6 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=5.0,
         help="how long a round to a peer waits for generations still on their way (batching)",
+    )
+    parser.add_argument(
+        "--no-lanes",
+        dest="lanes",
+        action="store_false",
+        help="talk to peers over libp2p streams only (no TCP + Noise lanes beside libp2p)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

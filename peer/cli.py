@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         rebalance_period=args.rebalance_period,
         join_jitter=args.join_jitter,
         metrics_port=args.metrics_port,
+        lanes=args.lanes,
+        lane_port=args.lane_port,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
     try:
@@ -104,6 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--join-jitter", type=float, default=2.0, help="seconds")
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT (0: any)"
+    )
+    parser.add_argument(
+        "--no-lanes",
+        dest="lanes",
+        action="store_false",
+        help="serve sessions over libp2p streams only (no TCP + Noise lanes beside libp2p)",
+    )
+    parser.add_argument(
+        "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

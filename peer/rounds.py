@@ -19,6 +19,7 @@ import torch
 
 from peer.handlers import MAX_SESSIONS_PER_REMOTE, PeerState, open_session, run_step
 from peer.sessions import Session
+from swarm.lanes import LaneStream
 from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
 from swarm.protocol import MAX_ROUND_OPS, TRANSPORT_DTYPES, field_float, field_str
 from swarm.wire import BAD_REQUEST, BUSY, NOT_FOUND, WireError, error_header
@@ -85,7 +86,7 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
 class RoundServer:
     """Serves one `/swarmgate/sessions/1` stream; `current` gives the peer's live state."""
 
-    def __init__(self, current: Callable[[], PeerState], stream: FrameStream) -> None:
+    def __init__(self, current: Callable[[], PeerState], stream: FrameStream | LaneStream) -> None:
         self.current = current
         self.stream = stream
         self.attached: dict[str, _Attached] = {}

@@ -1,10 +1,10 @@
 """The peer server: loads a span, serves the peer protocols, announces itself, rebalances.
 
 `PeerServer.start()` loads only the span's blocks (in the chosen dtype, quantized if asked),
-measures its throughput, joins the swarm, serves `/swarmgate/sessions/1`,
-`/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`, and keeps its
-capability record fresh. Without fixed blocks it picks the span where the swarm is weakest and
-moves when that raises the swarm's bottleneck clearly.
+measures its throughput, joins the swarm, serves `/swarmgate/sessions/1` (also over lanes,
+`swarm.lanes`), `/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`, and
+keeps its capability record fresh. Without fixed blocks it picks the span where the swarm is
+weakest and moves when that raises the swarm's bottleneck clearly.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from peer.sessions import SessionTable
 from peer.throughput import measure_throughput
 from swarm.announce import Announcer
 from swarm.blocks import Span
+from swarm.lanes import LANE_PROTOCOL, LaneServer, LaneStream, listen_host
 from swarm.models import Weights, load_weights
 from swarm.models.spec import spec_of
 from swarm.p2p import FrameStream, P2PNode
@@ -69,6 +70,8 @@ class PeerConfig:
     rebalance_period: float = 180.0
     join_jitter: float = 2.0
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1 (0: a free port)
+    lanes: bool = True  # offer sessions over lanes (TCP + Noise beside libp2p; swarm.lanes)
+    lane_port: int = 0  # on the libp2p listen address's host (0: a free port)
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -108,6 +111,7 @@ class PeerServer:
         self.state: PeerState | None = None
         self.span: Span | None = None
         self.announcer: Announcer | None = None
+        self.lanes: LaneServer | None = None
         self.view: SwarmView | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_record: ModelRecord | None = None
@@ -151,6 +155,15 @@ class PeerServer:
         ):
             await node.serve(protocol, self._bind(handler))
         await node.serve(SESSIONS_PROTOCOL, self._serve_rounds)
+        if config.lanes:
+            self.lanes = LaneServer(
+                {SESSIONS_PROTOCOL: self._serve_rounds},
+                host=listen_host(config.listen),
+                port=config.lane_port,
+                limits=node.limits,
+            )
+            await self.lanes.start()
+            await node.serve(LANE_PROTOCOL, self.lanes.take_ticket)
         self.announcer = Announcer(node, self._record, self._model_record)
         await self.announcer.start()
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="expire-sessions"))
@@ -168,7 +181,7 @@ class PeerServer:
 
         return bound
 
-    async def _serve_rounds(self, stream: FrameStream) -> None:
+    async def _serve_rounds(self, stream: FrameStream | LaneStream) -> None:
         def current() -> PeerState:
             assert self.state is not None
             return self.state
@@ -339,6 +352,8 @@ class PeerServer:
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.announcer.stop(offline=True), 5.0)
+        if self.lanes is not None:
+            await self.lanes.close()
         if self.state is not None:
             await self.state.scheduler.stop()
         if self.node is not None:

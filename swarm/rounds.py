@@ -7,6 +7,10 @@ peer share one frame per token, and the peer runs their steps as one batched for
 anyone waiting on purpose. A stream is opened once and reused by every later request (no
 per-request dial, protocol negotiation or stream setup on the hot path).
 
+The stream is a lane (`swarm.lanes`: the same frames straight over TCP and Noise, on this
+loop) where the peer offers one, else a libp2p stream; a peer whose lane failed gets libp2p
+streams for `LANE_RETRY` seconds.
+
 A failed op raises its `WireError` (with `peer_id` set) to the session that sent it; a failed
 stream fails every op in flight or waiting on it, and the next op opens a fresh stream.
 """
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from swarm.lanes import LaneStream, open_lane
 from swarm.p2p import FrameStream, P2PNode
 from swarm.p2p.bridge import as_wire_error
 from swarm.p2p.errors import RequestTimeoutError
@@ -31,6 +36,7 @@ from swarm.wire import BAD_REQUEST, WireError
 log = logging.getLogger("swarmgate.rounds")
 MAX_HOLD = 20  # a round waits at most this many windows for sessions on their way
 ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
+LANE_RETRY = 60.0  # seconds a peer whose lane failed is served over libp2p streams
 
 Reply = tuple[dict[str, Any], torch.Tensor | None]
 
@@ -78,6 +84,7 @@ class ChannelStats:
     rounds: int = 0  # frames sent
     ops: int = 0  # operations they carried
     streams: int = 0  # streams opened
+    lanes: int = 0  # of which lanes
 
 
 @dataclass
@@ -88,13 +95,15 @@ class PeerChannel:
     peer_id: str
     addrs: list[str]
     window: float = 0.0  # seconds a round waits for sessions on their way back to this peer
+    lanes: bool = True  # ask the peer for a lane before falling back to a libp2p stream
     whereabouts: Whereabouts = field(default_factory=Whereabouts)
     stats: ChannelStats = field(default_factory=ChannelStats)
     _stepping: dict[str, float] = field(default_factory=dict)  # session → its last step's time
     _last_arrival: float = 0.0  # when the last op was submitted
     _pending: list[_Op] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _stream: FrameStream | None = None
+    _stream: FrameStream | LaneStream | None = None
+    _lane_failed: float = float("-inf")  # when a lane to this peer last failed
     _task: asyncio.Task[None] | None = None
     _closed: bool = False
 
@@ -257,17 +266,34 @@ class PeerChannel:
             self._drop_stream()
             self._fail(ops, wire)
 
-    async def _ready_stream(self) -> FrameStream:
+    async def _ready_stream(self) -> FrameStream | LaneStream:
         stream = self._stream
         if stream is not None and stream.has_unread:
             # between rounds nothing may arrive: the peer ended the stream (or broke it)
             self._drop_stream()
             stream = None
         if stream is None:
-            stream = await self.node.open_stream(self.peer_id, SESSIONS_PROTOCOL, self.addrs)
+            stream = await self._open_lane() or await self.node.open_stream(
+                self.peer_id, SESSIONS_PROTOCOL, self.addrs
+            )
             self._stream = stream
             self.stats.streams += 1
         return stream
+
+    async def _open_lane(self) -> LaneStream | None:
+        now = asyncio.get_running_loop().time()
+        if not self.lanes or now - self._lane_failed < LANE_RETRY:
+            return None
+        try:
+            lane = await open_lane(
+                self.node, self.peer_id, SESSIONS_PROTOCOL, self.addrs, self.node.limits
+            )
+        except WireError as error:
+            log.info("no lane to %s (libp2p streams instead): %s", self.peer_id[-8:], error)
+            self._lane_failed = now
+            return None
+        self.stats.lanes += 1
+        return lane
 
     async def _round(self, ops: list[_Op]) -> None:
         stream = await self._ready_stream()
@@ -333,16 +359,19 @@ class PeerChannel:
 class Channels:
     """One channel per peer, opened on first use and kept for later requests."""
 
-    def __init__(self, node: P2PNode, window: float = 0.0) -> None:
+    def __init__(self, node: P2PNode, window: float = 0.0, lanes: bool = True) -> None:
         self.node = node
         self.window = window
+        self.lanes = lanes
         self.whereabouts = Whereabouts()
         self._channels: dict[str, PeerChannel] = {}
 
     def get(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> PeerChannel:
         channel = self._channels.get(peer_id)
         if channel is None:
-            channel = PeerChannel(self.node, peer_id, list(addrs), self.window, self.whereabouts)
+            channel = PeerChannel(
+                self.node, peer_id, list(addrs), self.window, self.lanes, self.whereabouts
+            )
             self._channels[peer_id] = channel
         elif addrs:
             channel.addrs = list(addrs)  # the route's latest addresses (a peer may have moved)
@@ -355,6 +384,7 @@ class Channels:
             total.rounds += channel.stats.rounds
             total.ops += channel.stats.ops
             total.streams += channel.stats.streams
+            total.lanes += channel.stats.lanes
         return total
 
     async def close(self) -> None:

@@ -62,7 +62,7 @@ def test_hooks_and_swarm_coverage_from_the_view() -> None:
     view = SimpleNamespace(
         coverage=lambda: [1, 1, 0, 2], peers=[peer, peer, SimpleNamespace(reachable=False)]
     )
-    channels = SimpleNamespace(stats=ChannelStats(rounds=3, ops=10, streams=2))
+    channels = SimpleNamespace(stats=ChannelStats(rounds=3, ops=10, streams=2, lanes=1))
     engine: Any = SimpleNamespace(models=[model], model_view=lambda m: view, channels=channels)
     metrics = GatewayMetrics(cast(Engine, engine))
     metrics.route_opened(M, 3)
@@ -76,6 +76,7 @@ def test_hooks_and_swarm_coverage_from_the_view() -> None:
     assert value(text, "swarmgate_peer_rounds_total") == 3
     assert value(text, "swarmgate_peer_round_ops_total") == 10
     assert value(text, "swarmgate_peer_streams_opened_total") == 2
+    assert value(text, "swarmgate_peer_lanes_opened_total") == 1
     assert value(text, "swarmgate_swarm_peers", model=M) == 2
     assert value(text, "swarmgate_route_hops_sum", model=M) == 3
     assert value(text, "swarmgate_prefix_reuse_total", model=M, result="hit") == 1

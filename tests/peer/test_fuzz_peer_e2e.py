@@ -1,7 +1,8 @@
 """Hypothesis-driven fuzzing of a live peer's protocols while a legitimate session runs.
 
 Random bytes, truncated frames, absurd length prefixes, random headers and tensors of any dtype
-or shape go to `/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`. After each
+or shape go to `/swarmgate/sessions/1` (over libp2p and over a lane), `/swarmgate/inference/1`,
+`/swarmgate/forward/1` and `/swarmgate/info/1`. After each
 frame the peer must still answer `info`; it never crashes, and a concurrent session that runs
 through the whole fuzzing keeps producing exactly the full model's greedy tokens.
 """
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swarm.head import Head
+from swarm.lanes import open_lane
 from swarm.models import Weights, load_weights
 from swarm.models.reference import build_full_model
 from swarm.p2p import P2PError, P2PNode
@@ -32,7 +34,8 @@ from tests.procs import Proc, start_peer
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
-PROTOCOLS = [SESSIONS_PROTOCOL, INFERENCE_PROTOCOL, FORWARD_PROTOCOL, INFO_PROTOCOL]
+LANE = "lane"  # sessions over a lane: the payload's bytes go inside Noise messages
+PROTOCOLS = [SESSIONS_PROTOCOL, LANE, INFERENCE_PROTOCOL, FORWARD_PROTOCOL, INFO_PROTOCOL]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8]
 
 
@@ -212,7 +215,10 @@ def test_fuzzed_frames_get_refused_and_the_peer_keeps_answering(
     peer_id, maddrs = str(peer.ready["peer_id"]), list(peer.ready["maddrs"])  # type: ignore[call-overload]
 
     async def abuse() -> dict[str, Any]:
-        stream = await client.node.open_stream(peer_id, protocol, maddrs)
+        if protocol == LANE:
+            stream: Any = await open_lane(client.node, peer_id, SESSIONS_PROTOCOL, maddrs)
+        else:
+            stream = await client.node.open_stream(peer_id, protocol, maddrs)
         try:
             await stream.send_raw(payload)
             async with asyncio.timeout(1.0):

@@ -16,7 +16,7 @@ from swarm.models import Weights, load_weights
 from swarm.models.reference import build_full_model
 from swarm.p2p import P2PNode
 from swarm.protocol import INFERENCE_PROTOCOL, INFO_PROTOCOL, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
-from swarm.rounds import channels_of
+from swarm.rounds import Channels, channels_of
 from swarm.session import Hop, InferenceSession
 from swarm.wire import WireError
 from tests.procs import Proc, start_peer
@@ -85,9 +85,17 @@ def reference_greedy(weights: Weights, prompt: list[int], steps: int) -> list[in
 
 
 async def swarm_greedy(
-    node: P2PNode, head: Head, weights: Weights, route: list[Hop], prompt: list[int], steps: int
+    node: P2PNode,
+    head: Head,
+    weights: Weights,
+    route: list[Hop],
+    prompt: list[int],
+    steps: int,
+    channels: Channels | None = None,
 ) -> list[int]:
-    async with InferenceSession(node, weights.model_hash, route, max_length=256) as session:
+    async with InferenceSession(
+        node, weights.model_hash, route, max_length=256, channels=channels
+    ) as session:
         hidden = await session.step(head.embed(torch.tensor([prompt])))
         return await decode_greedy(session, head, hidden, steps)
 
@@ -123,6 +131,49 @@ def test_greedy_tokens_over_two_peers_equal_the_full_model(
             await node.stop()
 
     run(main())
+
+
+def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """Lanes by default; a client without lanes, and a peer started with --no-lanes, get
+    libp2p streams; every way gives the full model's tokens."""
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 12)
+    no_lanes = start_peer(
+        "--blocks",
+        "15:30",
+        "--no-lanes",
+        bootstrap=str(peers[0].ready["maddrs"][0]),  # type: ignore[index]
+    )
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            for lanes, route, lanes_opened in (
+                (True, hops(peers), 2),
+                (False, hops(peers), 0),
+                (True, hops([peers[0], no_lanes]), 1),  # the first hop's lane, then libp2p
+            ):
+                channels = Channels(node, lanes=lanes)
+                got = await swarm_greedy(node, head, weights, route, prompt, 12, channels)
+                assert got == expected
+                assert channels.stats.streams == 2 and channels.stats.lanes == lanes_opened
+                await channels.close()
+            for proc in [*peers, no_lanes]:  # closing the lanes closed every session
+                for _ in range(100):
+                    if (await info(node, proc))["sessions"] == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await info(node, proc))["sessions"] == 0
+        finally:
+            await node.stop()
+
+    try:
+        run(main())
+    finally:
+        assert no_lanes.stop() == 0, no_lanes.output[-2000:]
 
 
 def test_start_sends_each_hop_its_open_and_first_step_in_one_round(
