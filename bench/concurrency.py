@@ -3,7 +3,10 @@
 Each level runs its clients for a fixed time (see `bench/load.py` for the client loop); the
 table gives aggregate tokens/s and its ratio to the single-stream level measured in the same run.
 
-    python bench/concurrency.py [--levels 1 4 8 16] [--seconds 30]
+    python bench/concurrency.py [--levels 1 4 8 16] [--seconds 30] [--round-groups 1 2]
+
+With several `--round-groups` values the swarm runs once per value (`up --round-groups`:
+pipelined micro-batches), each level against that run's own single stream.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,18 +30,28 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--peers", type=int, default=2)
+    parser.add_argument("--round-groups", type=int, nargs="+", default=[1])
     args = parser.parse_args()
-    proc = start(["up", "--port", "0", "--peers", str(args.peers)], "GATEWAY_READY ")
-    try:
-        rows = [asyncio.run(run_load(str(proc.ready["url"]), n, args.seconds)) for n in args.levels]
-    finally:
-        proc.stop(timeout=60)
-    base = rows[0]["tok_s"]
-    print(f"{'streams':>7} {'tok/s':>7} {'vs 1 stream':>11} {'ITL p50 ms':>10} {'failed':>6}")
+    rows: list[dict[str, Any]] = []
+    for groups in args.round_groups:
+        command = ["up", "--port", "0", "--peers", str(args.peers), "--round-groups", str(groups)]
+        proc = start(command, "GATEWAY_READY ")
+        try:
+            runs = [
+                asyncio.run(run_load(str(proc.ready["url"]), n, args.seconds)) for n in args.levels
+            ]
+        finally:
+            proc.stop(timeout=60)
+        for row in runs:
+            row["round_groups"] = groups
+            row["ratio"] = row["tok_s"] / runs[0]["tok_s"]
+        rows += runs
+    print(
+        f"{'groups':>6} {'streams':>7} {'tok/s':>7} {'vs 1 stream':>11} {'ITL p50 ms':>10} {'failed':>6}"
+    )
     for row in rows:
-        row["ratio"] = row["tok_s"] / base
         print(
-            f"{row['clients']:>7} {row['tok_s']:>7.1f} {row['ratio']:>11.2f} {row['itl_p50_ms']:>10.0f} {row['failed']:>6}"
+            f"{row['round_groups']:>6} {row['clients']:>7} {row['tok_s']:>7.1f} {row['ratio']:>11.2f} {row['itl_p50_ms']:>10.0f} {row['failed']:>6}"
         )
     out = ROOT / "bench-out"
     out.mkdir(exist_ok=True)

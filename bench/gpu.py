@@ -38,6 +38,11 @@ from swarm.models.reference import build_full_model  # noqa: E402
 from tests.procs import Proc, start  # noqa: E402
 
 MODEL = "random:llama-3-8b"
+SETUPS = {  # extra `up` flags of each setup
+    "default": [],  # lanes, two pipelined micro-batches
+    "one-group": ["--round-groups", "1"],  # lanes, every generation in one round
+    "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
+}
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
@@ -185,12 +190,12 @@ def start_gpu_swarm(extra: list[str]) -> Proc:
     )
 
 
-def measure_swarm(args: argparse.Namespace, transport: str) -> dict[str, Any]:
+def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
     """One `swarmgate up` run: single stream, overhead, concurrent streams, batching."""
-    result: dict[str, Any] = {"transport": transport}
-    print(f"starting swarmgate up (2 peers, cuda, bf16, {transport})...", flush=True)
+    result: dict[str, Any] = {"setup": setup}
+    print(f"starting swarmgate up (2 peers, cuda, bf16, {setup})...", flush=True)
     extra = [] if args.round_window_ms is None else ["--round-window-ms", str(args.round_window_ms)]
-    extra += [] if transport == "lanes" else ["--no-lanes"]
+    extra += SETUPS[setup]
     proc = start_gpu_swarm(["--peer-metrics", *extra])
     try:
         base_url = f"{proc.ready['url']}/v1"
@@ -228,11 +233,12 @@ def main() -> None:
     parser.add_argument("--skip-generate", action="store_true")
     parser.add_argument("--round-window-ms", type=float, default=None, help="passed to `up`")
     parser.add_argument(
-        "--transports",
+        "--setups",
         nargs="+",
-        choices=["lanes", "libp2p"],
-        default=["lanes"],
-        help="one swarm per transport: lanes (default) or libp2p streams only (--no-lanes)",
+        choices=list(SETUPS),
+        default=["default"],
+        help="one swarm per setup: "
+        + "; ".join(f"{k}: up {' '.join(v)}" for k, v in SETUPS.items()),
     )
     args = parser.parse_args()
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
@@ -245,27 +251,27 @@ def main() -> None:
     roofline = bandwidth / read_bytes if read_bytes else float("nan")
     result["roofline_tok_s"] = roofline
     result["generate_tok_s"] = generate
-    swarms = {t: measure_swarm(args, t) for t in args.transports}
+    swarms = {t: measure_swarm(args, t) for t in args.setups}
     result["swarms"] = swarms
-    result.update(swarms[args.transports[0]])  # the first transport's figures, as before
+    result.update(swarms[args.setups[0]])  # the first setup's figures, as before
     gen1, gen32 = generate.get(1, float("nan")), generate.get(32, float("nan"))
     rows = [
         ("HBM roofline, batch 1", roofline, "1.00 (bound)"),
         ("transformers generate, batch 1", gen1, f"{gen1 / roofline:.2f} of roofline"),
         ("transformers generate, batch 32", gen32, f"{gen32 / gen1:.2f}x generate bs1"),
     ]
-    for transport, swarm in swarms.items():
+    for setup, swarm in swarms.items():
         single, many = swarm["single"]["tok_s"], swarm["concurrent"]["tok_s"]
         rows += [
-            (f"swarmgate, 1 stream, {transport}", single, f"{single / gen1:.2f}x generate bs1"),
-            (f"swarmgate, 32 streams, {transport}", many, f"{many / gen32:.2f}x generate bs32"),
+            (f"swarmgate, 1 stream, {setup}", single, f"{single / gen1:.2f}x generate bs1"),
+            (f"swarmgate, 32 streams, {setup}", many, f"{many / gen32:.2f}x generate bs32"),
         ]
     print(f"\n{'setup':34} {'tok/s':>9}  ratio")
     for name, value, ratio in rows:
         print(f"{name:34} {value:>9.1f}  {ratio}")
-    for transport, swarm in swarms.items():
+    for setup, swarm in swarms.items():
         print(
-            f"{transport}: single-stream TTFT {swarm['single']['ttft_ms']:.1f} ms; gateway "
+            f"{setup}: single-stream TTFT {swarm['single']['ttft_ms']:.1f} ms; gateway "
             f"overhead on a request (latency minus peers' compute) p50 "
             f"{swarm['overhead']['overhead_p50_ms']:.2f} ms"
         )

@@ -133,6 +133,7 @@ class Engine:
         max_wait: float = 10.0,
         round_window: float = 0.005,
         lanes: bool = True,
+        round_groups: int = 1,
     ) -> None:
         self.node = node
         self.mixed_precision = mixed_precision
@@ -152,8 +153,9 @@ class Engine:
         self._head_batchers: dict[str, HeadBatcher] = {}
         # one stream per peer, shared by every session; a round waits up to `round_window`
         # for the steps of the other generations decoding through that peer; a lane where the
-        # peer offers one (swarm.lanes), else a libp2p stream
-        self.channels = Channels(node, window=round_window, lanes=lanes)
+        # peer offers one (swarm.lanes), else a libp2p stream; with `round_groups` > 1 the
+        # generations decoding together split into that many pipelined micro-batches
+        self.channels = Channels(node, window=round_window, lanes=lanes, groups=round_groups)
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:

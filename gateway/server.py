@@ -50,6 +50,7 @@ class GatewayConfig:
     # seconds a round to a peer waits for other generations still on their way to it
     round_window: float = 0.005
     lanes: bool = True  # sessions over lanes (TCP + Noise beside libp2p) where peers offer them
+    round_groups: int = 1  # pipelined micro-batches the generations decoding together form
 
 
 def load_served_model(name: str, device: str = "cpu") -> ServedModel:
@@ -93,6 +94,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         max_wait=config.queue_timeout,
         round_window=config.round_window,
         lanes=config.lanes,
+        round_groups=config.round_groups,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             round_window=args.round_window_ms / 1000,
             lanes=args.lanes,
+            round_groups=args.round_groups or (2 if args.device.startswith("cuda") else 1),
         )
 
         def announce(url: str) -> None:
@@ -150,6 +151,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=5.0,
         help="how long a round to a peer waits for generations still on their way (batching)",
+    )
+    parser.add_argument(
+        "--round-groups",
+        type=int,
+        default=None,
+        help="split the generations decoding together into this many pipelined micro-batches "
+        "(while one computes at a peer, the others are at the other peers); "
+        "default 2 with --device cuda, else 1",
     )
     parser.add_argument(
         "--no-lanes",

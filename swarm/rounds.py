@@ -85,6 +85,7 @@ class ChannelStats:
     ops: int = 0  # operations they carried
     streams: int = 0  # streams opened
     lanes: int = 0  # of which lanes
+    widest: int = 0  # most steps one round carried
 
 
 @dataclass
@@ -96,6 +97,7 @@ class PeerChannel:
     addrs: list[str]
     window: float = 0.0  # seconds a round waits for sessions on their way back to this peer
     lanes: bool = True  # ask the peer for a lane before falling back to a libp2p stream
+    groups: int = 1  # micro-batches: a round carries about 1/groups of the decoding sessions
     whereabouts: Whereabouts = field(default_factory=Whereabouts)
     stats: ChannelStats = field(default_factory=ChannelStats)
     _stepping: dict[str, float] = field(default_factory=dict)  # session → its last step's time
@@ -152,6 +154,14 @@ class PeerChannel:
                 return True
         return False
 
+    def _group_size(self) -> int:
+        """How many steps a round carries at most: all the sessions decoding through this
+        peer, or with `groups` > 1 a share of them, so that while one group computes here the
+        others are at the other peers of their chains (pipelined, not one after another)."""
+        if self.groups <= 1:
+            return MAX_ROUND_OPS
+        return max(1, -(-len(self._stepping) // self.groups))
+
     async def _gather(self) -> None:
         """Hold the round while other sessions decoding through this peer are on their way.
 
@@ -168,6 +178,8 @@ class PeerChannel:
             now = loop.time()
             if any(op.rows is None for op in self._pending):
                 return  # opens and closes never wait
+            if sum(op.rows is not None for op in self._pending) >= self._group_size():
+                return  # a group is complete
             if now >= deadline or not self._missing(now):
                 return
             self._wake.clear()
@@ -216,7 +228,8 @@ class PeerChannel:
         taken: list[_Op] = []
         rest: list[_Op] = []
         dtype: torch.dtype | None = None
-        positions = 0
+        positions = steps = 0
+        group = self._group_size()
         for op in self._pending:
             if op.future.done() and op.header.get("type") != "close":
                 continue  # its caller gave up before it was sent (a close is sent anyway)
@@ -228,12 +241,14 @@ class PeerChannel:
             fits = len(taken) < MAX_ROUND_OPS and (
                 not taken or positions + op.positions <= MAX_STEP_TOKENS
             )
+            fits = fits and (op.rows is None or steps < group)
             same = op.rows is None or dtype is None or op.rows.dtype == dtype
             if fits and same and not rest:
                 taken.append(op)
                 positions += op.positions
                 if op.rows is not None:
                     dtype = op.rows.dtype
+                    steps += 1
             else:
                 rest.append(op)
         self._pending = rest
@@ -306,6 +321,7 @@ class PeerChannel:
                 self.whereabouts.sent(str(op.header.get("session")), self, now)
         self.stats.rounds += 1
         self.stats.ops += len(ops)
+        self.stats.widest = max(self.stats.widest, sum(op.rows is not None for op in ops))
         try:
             async with asyncio.timeout(ROUND_TIMEOUT):
                 frame = await stream.recv()
@@ -359,10 +375,13 @@ class PeerChannel:
 class Channels:
     """One channel per peer, opened on first use and kept for later requests."""
 
-    def __init__(self, node: P2PNode, window: float = 0.0, lanes: bool = True) -> None:
+    def __init__(
+        self, node: P2PNode, window: float = 0.0, lanes: bool = True, groups: int = 1
+    ) -> None:
         self.node = node
         self.window = window
         self.lanes = lanes
+        self.groups = groups
         self.whereabouts = Whereabouts()
         self._channels: dict[str, PeerChannel] = {}
 
@@ -370,7 +389,13 @@ class Channels:
         channel = self._channels.get(peer_id)
         if channel is None:
             channel = PeerChannel(
-                self.node, peer_id, list(addrs), self.window, self.lanes, self.whereabouts
+                self.node,
+                peer_id,
+                list(addrs),
+                self.window,
+                self.lanes,
+                self.groups,
+                self.whereabouts,
             )
             self._channels[peer_id] = channel
         elif addrs:
@@ -385,6 +410,7 @@ class Channels:
             total.ops += channel.stats.ops
             total.streams += channel.stats.streams
             total.lanes += channel.stats.lanes
+            total.widest = max(total.widest, channel.stats.widest)
         return total
 
     async def close(self) -> None:

@@ -176,6 +176,35 @@ def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
         assert no_lanes.stop() == 0, no_lanes.output[-2000:]
 
 
+def test_two_round_groups_pipeline_concurrent_sessions_with_exact_tokens(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """Four sessions decoding together over channels of two groups: no round carries more
+    than two of their steps, and each session still gets the full model's tokens."""
+    head = Head(weights)
+    questions = ["Name a fruit.", "Name a city.", "Name a planet.", "Name a metal."]
+    prompts = [head.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    expected = [reference_greedy(weights, p, 10) for p in prompts]
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            channels = Channels(node, window=0.005, groups=2)
+            got = await asyncio.gather(
+                *(swarm_greedy(node, head, weights, hops(peers), p, 10, channels) for p in prompts)
+            )
+            for tokens, reference in zip(got, expected, strict=True):
+                # the reference may not end its turn (min_new_tokens): compare up to our end
+                end = tokens.index(2) if 2 in tokens else len(tokens)
+                assert tokens[:end] == reference[:end] and end >= 5
+            assert channels.stats.widest == 2
+            await channels.close()
+        finally:
+            await node.stop()
+
+    run(main())
+
+
 def test_start_sends_each_hop_its_open_and_first_step_in_one_round(
     peers: list[Proc], weights: Weights
 ) -> None:
