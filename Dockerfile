@@ -69,8 +69,8 @@ VOLUME ["/data"]
 USER swarmgate
 WORKDIR /home/swarmgate
 
-# 8000: the gateway's HTTP API; 9400: a peer's libp2p TCP port (the one docs/deploy.md uses)
-EXPOSE 8000 9400
+# 8000: the gateway's HTTP API; 9400 / 9401: a peer's libp2p and lane TCP ports (docs/deploy.md)
+EXPOSE 8000 9400 9401
 
 ENTRYPOINT ["swarmgate"]
 # A container has its own loopback, so `up` must listen on all of the container's interfaces for

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/p2p.py [--rounds 500] [--json]
 
-A child process serves an echo/ack protocol twice: over swarmgate's p2p layer (libp2p with
-Noise + Yamux, framed by swarm.wire, behind the trio thread) and over a raw loopback TCP socket
-with a 5-byte length/mode prefix. The parent measures both in the same run, so the figures are
+A child process serves an echo/ack protocol three ways: over swarmgate's p2p layer (libp2p with
+Noise + Yamux, framed by swarm.wire, behind the trio thread), over a lane (the same frames over
+TCP + Noise on the asyncio loop, swarm/lanes.py) and over a raw loopback TCP socket with a
+5-byte length/mode prefix (the baseline). The parent measures both in the same run, so the figures are
 read as ratios to the baseline (absolute numbers depend on the machine and its load).
 """
 
@@ -26,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from swarm.lanes import LANE_PROTOCOL, LaneServer, LaneStream, open_lane
 from swarm.p2p import FrameStream, P2PNode
 
 PROTOCOL = "/swarmgate/bench/1"
@@ -38,7 +40,7 @@ STEP_BYTES = 576 * 4  # one decode step of SmolLM2's hidden state in fp32
 
 
 async def serve() -> None:
-    async def handler(stream: FrameStream) -> None:
+    async def handler(stream: FrameStream | LaneStream) -> None:
         async for frame in stream:
             if frame.header["mode"] == ECHO:
                 await stream.send({"mode": ECHO}, frame.tensors)
@@ -62,6 +64,9 @@ async def serve() -> None:
 
     async with P2PNode() as node:
         await node.serve(PROTOCOL, handler)
+        lanes = LaneServer({PROTOCOL: handler})
+        await lanes.start()
+        await node.serve(LANE_PROTOCOL, lanes.take_ticket)
         server = await asyncio.start_server(tcp, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         print(
@@ -72,6 +77,7 @@ async def serve() -> None:
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
         server.close()
         await server.wait_closed()
+        await lanes.close()
 
 
 # ------------------------------------------------------------------------------ client side
@@ -79,8 +85,14 @@ async def serve() -> None:
 Exchange = Callable[[bytes, int], Awaitable[None]]
 
 
-async def p2p_exchange(node: P2PNode, peer_id: str, maddr: str) -> tuple[Exchange, FrameStream]:
-    stream = await node.open_stream(peer_id, PROTOCOL, [maddr])
+async def p2p_exchange(
+    node: P2PNode, peer_id: str, maddr: str, lane: bool
+) -> tuple[Exchange, FrameStream | LaneStream]:
+    stream: FrameStream | LaneStream
+    if lane:
+        stream = await open_lane(node, peer_id, PROTOCOL, [maddr])
+    else:
+        stream = await node.open_stream(peer_id, PROTOCOL, [maddr])
 
     async def exchange(payload: bytes, mode: int) -> None:
         tensors = [torch.frombuffer(bytearray(payload), dtype=torch.uint8)] if payload else []
@@ -127,43 +139,48 @@ def p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100)[98]
 
 
-async def measure(info: dict[str, object], rounds: int) -> list[tuple[str, float, float, str]]:
-    rows: list[tuple[str, float, float, str]] = []
+Row = tuple[str, float, float, float]  # metric, libp2p, lane, raw tcp
+NAN = float("nan")
+
+
+async def measure(info: dict[str, object], rounds: int) -> list[Row]:
+    rows: list[Row] = []
+    peer_id, maddr = str(info["peer_id"]), str(info["maddr"])
     async with P2PNode() as node:
-        p2p, stream = await p2p_exchange(node, str(info["peer_id"]), str(info["maddr"]))
+        p2p, stream = await p2p_exchange(node, peer_id, maddr, lane=False)
+        lane, lane_stream = await p2p_exchange(node, peer_id, maddr, lane=True)
         tcp, writer = await tcp_exchange(int(str(info["port"])))
+        ways = (p2p, lane, tcp)
         for label, payload in (
             ("empty frame", b""),
             (f"{STEP_BYTES} B step", os.urandom(STEP_BYTES)),
+            ("256 KB (32 bf16 rows of 4096)", os.urandom(256 * 1024)),
         ):
-            a, b = await rtts(p2p, payload, rounds), await rtts(tcp, payload, rounds)
+            a, b, c = [await rtts(way, payload, rounds) for way in ways]
             rows.append(
-                (
-                    f"RTT {label}, median (ms)",
-                    statistics.median(a) * 1e3,
-                    statistics.median(b) * 1e3,
-                    "lower",
-                )
+                (f"RTT {label}, median (ms)", *(statistics.median(x) * 1e3 for x in (a, b, c)))  # type: ignore[arg-type]
             )
-            rows.append((f"RTT {label}, p99 (ms)", p99(a) * 1e3, p99(b) * 1e3, "lower"))
+            rows.append((f"RTT {label}, p99 (ms)", p99(a) * 1e3, p99(b) * 1e3, p99(c) * 1e3))
         for size, repeats in ((1 << 20, 20), (16 << 20, 4)):
-            a_tp, b_tp = await throughput(p2p, size, repeats), await throughput(tcp, size, repeats)
-            rows.append((f"throughput {size >> 20} MB (MB/s)", a_tp, b_tp, "higher"))
-        pings = [await node.ping(str(info["peer_id"])) for _ in range(rounds)]
-        rows.append(
-            ("own ping, median (ms)", statistics.median(pings) * 1e3, float("nan"), "lower")
-        )
+            a_tp, b_tp, c_tp = [await throughput(way, size, repeats) for way in ways]
+            rows.append((f"throughput {size >> 20} MB (MB/s)", a_tp, b_tp, c_tp))
+        pings = [await node.ping(peer_id) for _ in range(rounds)]
+        rows.append(("libp2p ping, median (ms)", statistics.median(pings) * 1e3, NAN, NAN))
         await stream.close()
+        await lane_stream.close()
         writer.close()
     return rows
 
 
-def render(rows: list[tuple[str, float, float, str]]) -> str:
-    lines = [f"{'metric':<34} {'p2p':>10} {'raw tcp':>10} {'p2p/tcp':>9}", "-" * 66]
-    for name, a, b, _better in rows:
-        ratio = "" if b != b else f"{a / b:>8.2f}x"  # b != b: NaN, no baseline
-        base = "" if b != b else f"{b:>10.3f}"
-        lines.append(f"{name:<34} {a:>10.3f} {base:>10} {ratio:>9}")
+def render(rows: list[Row]) -> str:
+    head = f"{'metric':<40} {'libp2p':>9} {'lane':>9} {'raw tcp':>9} {'libp2p/tcp':>10} {'lane/tcp':>9}"
+    lines = [head, "-" * len(head)]
+    for name, a, b, c in rows:
+        cells = ["" if x != x else f"{x:.3f}" for x in (a, b, c)]  # x != x: NaN
+        ratios = ["" if x != x or c != c else f"{x / c:.2f}x" for x in (a, b)]
+        lines.append(
+            f"{name:<40} {cells[0]:>9} {cells[1]:>9} {cells[2]:>9} {ratios[0]:>10} {ratios[1]:>9}"
+        )
     return "\n".join(lines)
 
 
@@ -195,7 +212,15 @@ def main() -> int:
     if args.json:
         print(
             json.dumps(
-                [{"metric": n, "p2p": a, "tcp": None if b != b else b} for n, a, b, _ in rows]
+                [
+                    {
+                        "metric": n,
+                        "libp2p": a,
+                        "lane": None if b != b else b,
+                        "tcp": None if c != c else c,
+                    }
+                    for n, a, b, c in rows
+                ]
             )
         )
     else:

@@ -144,11 +144,15 @@ async def open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessio
 
 
 async def run_step(
-    state: PeerState, session: Session, frame_header: dict[str, Any], tensors: list[torch.Tensor]
+    state: PeerState,
+    session: Session,
+    frame_header: dict[str, Any],
+    tensors: list[torch.Tensor],
+    finite: bool = False,  # the rows are known to be finite (checked once for a whole round)
 ) -> tuple[dict[str, Any], torch.Tensor]:
     seq = field_int(frame_header, "seq", 0, 1 << 62)
     position = field_int(frame_header, "position", 0, session.max_length)
-    hidden = check_hidden(tensors, state.hidden_size, session.batch)
+    hidden = check_hidden(tensors, state.hidden_size, session.batch, finite)
     length = session.cache.length
     if position > length:
         raise WireError(BAD_REQUEST, f"position {position} is past the cached length {length}")

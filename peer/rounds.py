@@ -40,6 +40,7 @@ class _Attached:
 class _Op:
     header: dict[str, Any]
     rows: torch.Tensor | None = None  # a step's input [batch, n, h]
+    finite: bool = False  # its rows are known to be finite
 
 
 def _shape(header: dict[str, Any]) -> tuple[int, int]:
@@ -65,6 +66,8 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
     rows = tensors[0] if tensors else None
     if rows is not None and (rows.dim() != 2 or rows.dtype not in TRANSPORT_DTYPES):
         raise WireError(BAD_REQUEST, "a round's rows must be [positions, hidden], fp32 or bf16")
+    # one check for the whole round; only when it fails does each step check its own rows
+    finite = rows is not None and bool(torch.isfinite(rows).all())
     ops: list[_Op] = []
     offset = 0
     for item in raw:
@@ -76,6 +79,7 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
             if rows is None or offset + batch * n > rows.shape[0]:
                 raise WireError(BAD_REQUEST, "the steps declare more positions than were sent")
             op.rows = rows[offset : offset + batch * n].view(batch, n, rows.shape[1])
+            op.finite = finite
             offset += batch * n
         ops.append(op)
     if rows is not None and offset != rows.shape[0]:
@@ -183,6 +187,6 @@ class RoundServer:
             return {"type": "closed", "session": sid}, None
         if kind == "step":
             assert op.rows is not None
-            reply, output = await run_step(held.state, held.session, header, [op.rows])
+            reply, output = await run_step(held.state, held.session, header, [op.rows], op.finite)
             return reply, output
         raise WireError(BAD_REQUEST, f"unexpected op type {kind!r}")

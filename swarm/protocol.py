@@ -63,8 +63,11 @@ def field_str(header: dict[str, Any], name: str, max_len: int = MAX_SESSION_ID) 
     return value
 
 
-def check_hidden(tensors: list[torch.Tensor], hidden_size: int, batch: int | None) -> torch.Tensor:
-    """The one hidden-state tensor of a step, checked: [batch, n, hidden], float32/bfloat16."""
+def check_hidden(
+    tensors: list[torch.Tensor], hidden_size: int, batch: int | None, finite: bool = False
+) -> torch.Tensor:
+    """The one hidden-state tensor of a step, checked: [batch, n, hidden], float32/bfloat16,
+    and finite (unless the caller already knows it is: `finite`)."""
     if len(tensors) != 1:
         raise WireError(BAD_REQUEST, "a step carries exactly one tensor")
     hidden = tensors[0]
@@ -78,6 +81,6 @@ def check_hidden(tensors: list[torch.Tensor], hidden_size: int, batch: int | Non
         )
     if batch is not None and hidden.shape[0] != batch:
         raise WireError(BAD_REQUEST, f"batch {hidden.shape[0]} differs from the session's {batch}")
-    if not torch.isfinite(hidden).all():
+    if not finite and not torch.isfinite(hidden).all():
         raise WireError(BAD_REQUEST, "hidden states contain NaN or infinity")
     return hidden

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
@@ -59,14 +58,9 @@ def test_full_caches_wait_then_503_then_recover(peers: list[Proc]) -> None:
             "logit_bias": {"2": -100},
             "messages": [{"role": "user", "content": "Count slowly."}],
         }
-        done = threading.Event()
-
-        def hog() -> None:  # holds ~640 of the 700 cache tokens for a while
-            client.chat.completions.create(**long_ask)  # type: ignore[call-overload]
-            done.set()
-
-        threading.Thread(target=hog, daemon=True).start()
-        time.sleep(3)
+        # a streaming hog holds ~640 of the 700 cache tokens while its stream stays open
+        hog = client.chat.completions.create(**long_ask, stream=True)  # type: ignore[call-overload]
+        next(iter(hog))  # its sessions are open
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as refused:
             client.chat.completions.create(
@@ -80,10 +74,15 @@ def test_full_caches_wait_then_503_then_recover(peers: list[Proc]) -> None:
         assert int(refused.value.response.headers["retry-after"]) >= 1
         assert refused.value.body["type"] == "server_error"  # type: ignore[index]
         assert waited >= 1.5  # it queued before giving up (behaviour, not a speed check)
-        assert done.wait(300)
-        ok = client.chat.completions.create(
-            model="smollm2", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
-        )
+        hog.close()  # the hog goes away: its caches are freed and the next request is served
+        for _ in range(15):  # the gateway notices the hog's disconnect at its next token
+            try:
+                ok = client.chat.completions.create(
+                    model="smollm2", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+                )
+                break
+            except openai.APIStatusError as error:
+                assert error.status_code == 503
         assert ok.choices[0].message.content
     finally:
         gateway.stop()

@@ -207,7 +207,7 @@ def test_client_disconnect_frees_peer_sessions(swarm: Swarm) -> None:
     assert [i["sessions_kept"] for i in infos] == kept_before
 
 
-@pytest.mark.parametrize("round_", range(5))
+@pytest.mark.parametrize("round_", range(2))  # twice: the replacement spare serves the next
 def test_sigkill_of_a_serving_peer_mid_stream_keeps_the_stream_exact(
     swarm: Swarm, round_: int
 ) -> None:

@@ -99,7 +99,9 @@ def test_smollm2_uneven_three_spans(smollm2: Weights) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parts", [2, 3])
+# three spans only: two-way splits are covered by SmolLM2 above, and each Gemma3 case costs a
+# minute of the suite on two cores
+@pytest.mark.parametrize("parts", [3])
 def test_gemma3_split_equals_full(gemma3: Weights, parts: int) -> None:
     head = Head(gemma3)
     prompt = head.encode_text(PROMPT)

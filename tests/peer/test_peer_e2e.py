@@ -417,6 +417,16 @@ def test_a_round_answers_each_op_and_a_bad_frame_keeps_the_stream(
             assert results[1]["code"] == "not_found"
             assert [r["length"] for r in (results[0], results[2])] == [3, 2]
             assert reply.tensors[0].shape == (5, size)  # the two good steps' outputs, in order
+            # a NaN in one session's rows fails that step alone (the round is checked once,
+            # then step by step only when that check fails)
+            mixed = torch.randn(2, size) * 0.5
+            mixed[1, 7] = float("nan")
+            await stream.send(
+                {"type": "round", "ops": [step("a" * 16, 1, 3), step("b" * 16, 1, 2)]}, [mixed]
+            )
+            results = (await stream.recv()).header["results"]
+            assert [r["type"] for r in results] == ["result", "error"], results
+            assert results[1]["code"] == "bad_request" and "NaN" in results[1]["message"]
             # malformed frames: an error frame each, and the stream stays usable
             bad_frames: list[tuple[dict[str, Any], list[torch.Tensor]]] = [
                 ({"type": "round", "ops": "x"}, []),
@@ -431,8 +441,8 @@ def test_a_round_answers_each_op_and_a_bad_frame_keeps_the_stream(
                 frame = await stream.recv()
                 assert frame.header["type"] == "error", frame.header
                 assert frame.header["code"] == "bad_request", frame.header
-            await stream.send({"type": "round", "ops": [step("a" * 16, 1, 3)]}, [rows[:1]])
-            assert (await stream.recv()).header["results"][0]["length"] == 4
+            await stream.send({"type": "round", "ops": [step("a" * 16, 1, 4)]}, [rows[:1]])
+            assert (await stream.recv()).header["results"][0]["length"] == 5
             # a step too big for one frame fails at the client, before it costs anyone a stream
             channel = channels_of(node).get(peer_id, list(first.ready["maddrs"]))  # type: ignore[call-overload]
             huge = torch.zeros(1, MAX_STEP_TOKENS + 1, size)
