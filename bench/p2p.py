@@ -154,7 +154,7 @@ async def measure(info: dict[str, object], rounds: int) -> list[Row]:
         for label, payload in (
             ("empty frame", b""),
             (f"{STEP_BYTES} B step", os.urandom(STEP_BYTES)),
-            ("256 KB (32 bf16 rows of 4096)", os.urandom(256 * 1024)),
+            ("256 KB (32 bf16 rows)", os.urandom(256 * 1024)),
         ):
             a, b, c = [await rtts(way, payload, rounds) for way in ways]
             rows.append(
