@@ -43,8 +43,13 @@ def main() -> None:
         axes[0].invert_yaxis()
         axes[0].tick_params(axis="y", labelsize=7)
     if concurrency:
-        rows = concurrency
-        axes[1].plot([r["clients"] for r in rows], [r["tok_s"] for r in rows], "o-")
+        for groups in sorted({r.get("round_groups", 1) for r in concurrency}):
+            rows = [r for r in concurrency if r.get("round_groups", 1) == groups]
+            label = f"{groups} round group{'s' if groups > 1 else ''}"
+            axes[1].plot(
+                [r["clients"] for r in rows], [r["tok_s"] for r in rows], "o-", label=label
+            )
+        axes[1].legend()
         axes[1].set_xlabel("concurrent streams")
         axes[1].set_ylabel("aggregate tok/s")
         axes[1].set_title("CPU, SmolLM2-135M: concurrency")
