@@ -35,7 +35,6 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final
 
 import torch
@@ -43,12 +42,12 @@ from cryptography.exceptions import InvalidTag
 from noise.connection import NoiseConnection
 
 from swarm.p2p import FrameStream, P2PNode, StreamClosedError, StreamResetError
+from swarm.p2p.stream import ReceivedFrames
 from swarm.wire import (
     BAD_REQUEST,
     DEFAULT_LIMITS,
     INTERNAL,
     NOT_FOUND,
-    Frame,
     WireError,
     WireLimits,
     encode_frame,
@@ -77,7 +76,6 @@ REFUSE_PAUSE: Final = 0.2  # for this long, or until it pauses this long
 LENGTH = struct.Struct(">H")
 
 LaneHandler = Callable[["LaneStream"], Awaitable[None]]
-Item = Frame | WireError
 
 
 def _noise(initiator: bool, key: bytes, ticket: bytes) -> NoiseConnection:
@@ -92,7 +90,7 @@ def _noise(initiator: bool, key: bytes, ticket: bytes) -> NoiseConnection:
     return noise
 
 
-class LaneStream:
+class LaneStream(ReceivedFrames):
     """A framed stream over a lane, with `FrameStream`'s interface (send, recv, close, reset).
 
     A reader task decodes frames ahead of the consumer (at most `QUEUED_FRAMES`, so a slow
@@ -110,6 +108,7 @@ class LaneStream:
         protocol: str,
         limits: WireLimits = DEFAULT_LIMITS,
     ) -> None:
+        super().__init__(QUEUED_FRAMES)
         self.remote_peer_id = remote_peer_id
         self.protocol = protocol
         self.limits = limits
@@ -117,9 +116,6 @@ class LaneStream:
         self._writer = writer
         self._noise = noise
         self._plain = bytearray()
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(QUEUED_FRAMES)
-        self._end: WireError | None = None
-        self._closed = False
         self._send_lock = asyncio.Lock()
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop(), name="lane")
 
@@ -225,34 +221,7 @@ class LaneStream:
             raise StreamClosedError("stream closed locally")
         await self._send_parts([data])
 
-    async def recv(self) -> Frame:
-        if self._end is not None and self._queue.empty():
-            raise self._end.with_traceback(None)
-        item = await self._queue.get()
-        if isinstance(item, Frame):
-            return item
-        self._end = item
-        raise item.with_traceback(None)
-
-    def __aiter__(self) -> LaneStream:
-        return self
-
-    async def __anext__(self) -> Frame:
-        try:
-            return await self.recv()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    # -- state and ending -----------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def has_unread(self) -> bool:
-        """Has a frame or the stream's end arrived that `recv` has not returned yet?"""
-        return self._end is not None or not self._queue.empty()
+    # -- ending ---------------------------------------------------------------------------
 
     async def close(self) -> None:
         """Finish the lane: what was sent is flushed, then the connection ends. Idempotent."""
@@ -273,20 +242,6 @@ class LaneStream:
         self._read_task.cancel()
         transport = self._writer.transport
         transport.abort()
-
-    async def __aenter__(self) -> LaneStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.close()
-        else:
-            self.reset_nowait()
 
     def __repr__(self) -> str:
         return f"LaneStream({self.protocol} with {self.remote_peer_id[-8:]})"

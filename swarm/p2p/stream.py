@@ -2,7 +2,8 @@
 
 `StreamPump` is the trio half: it owns the libp2p stream, reads frames into the asyncio side
 (with a small credit window, so a slow consumer pushes back through Yamux flow control) and
-writes the buffers of outgoing frames. `FrameStream` is the asyncio half that applications use.
+writes the buffers of outgoing frames. `FrameStream` is the asyncio half that applications use;
+its receiving side (`ReceivedFrames`) is shared with lanes (`swarm.lanes.LaneStream`).
 
 A remote reset reaches the reader as an end-of-stream with the Yamux stream marked reset; the
 pump reports it as `StreamResetError` and calls `on_reset`, which for inbound streams cancels the
@@ -16,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import torch
 import trio
@@ -187,7 +188,75 @@ class StreamPump:
                 await self.net_stream.reset()
 
 
-class FrameStream:
+class ReceivedFrames:
+    """The receiving half both kinds of framed stream share (`FrameStream` here and
+    `swarm.lanes.LaneStream`): frames queue up, then one final error; `recv` hands out the
+    frames and then raises that error, every time it is called again."""
+
+    def __init__(self, queued: int = 0) -> None:
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(queued)
+        self._end: WireError | None = None
+        self._closed = False
+
+    def _frame_taken(self) -> None:
+        """Called after `recv` handed out a frame (flow control hooks in here)."""
+
+    async def recv(self) -> Frame:
+        if self._end is not None and self._queue.empty():
+            raise self._end.with_traceback(None)
+        item = await self._queue.get()
+        if isinstance(item, Frame):
+            self._frame_taken()
+            return item
+        self._end = item
+        raise item.with_traceback(None)
+
+    def __aiter__(self) -> ReceivedFrames:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.recv()
+        except StreamClosedError:
+            raise StopAsyncIteration from None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def has_unread(self) -> bool:
+        """Has a frame or the stream's end arrived that `recv` has not returned yet?"""
+        return self._end is not None or not self._queue.empty()
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        raise NotImplementedError
+
+    def reset_nowait(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close on success, reset on failure (at once when cancelled)."""
+        if exc_type is None:
+            await self.close()
+        elif issubclass(exc_type, asyncio.CancelledError):
+            self.reset_nowait()
+        else:
+            await self.reset()
+
+
+class FrameStream(ReceivedFrames):
     """The asyncio half of a framed stream: what handlers and callers use.
 
     `send` and `recv` may run concurrently (one sender at a time is enforced on the trio
@@ -209,10 +278,8 @@ class FrameStream:
         self.remote_peer_id = remote_peer_id
         self.protocol = protocol
         self.limits = limits
+        super().__init__()
         self._pump: StreamPump | None = None
-        self._queue: asyncio.Queue[Item] = asyncio.Queue()
-        self._end: WireError | None = None
-        self._closed = False
         self._handler_task: asyncio.Task[None] | None = None
 
     # -- wiring (called while setting the stream up) -------------------------------------
@@ -239,15 +306,6 @@ class FrameStream:
 
     # -- API ------------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def has_unread(self) -> bool:
-        """Has a frame or the stream's end arrived that `recv` has not returned yet?"""
-        return self._end is not None or not self._queue.empty()
-
     async def send(self, header: Mapping[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
         if self._closed:
             raise StreamClosedError("stream closed locally")
@@ -260,24 +318,8 @@ class FrameStream:
             raise StreamClosedError("stream closed locally")
         await self._bridge.call(self.pump.write, [data])
 
-    async def recv(self) -> Frame:
-        if self._end is not None and self._queue.empty():
-            raise self._end.with_traceback(None)
-        item = await self._queue.get()
-        if isinstance(item, Frame):
-            self._bridge.run_sync_soon(self.pump.release_credit)
-            return item
-        self._end = item
-        raise item.with_traceback(None)
-
-    def __aiter__(self) -> FrameStream:
-        return self
-
-    async def __anext__(self) -> Frame:
-        try:
-            return await self.recv()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
+    def _frame_taken(self) -> None:
+        self._bridge.run_sync_soon(self.pump.release_credit)
 
     async def close(self) -> None:
         """Half-close and stop receiving; the stream is finished for us. Idempotent."""
@@ -300,22 +342,6 @@ class FrameStream:
         self._closed = True
         if self._pump is not None:
             self._bridge.spawn(self._pump.reset)
-
-    async def __aenter__(self) -> FrameStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.close()
-        elif issubclass(exc_type, asyncio.CancelledError):
-            self.reset_nowait()
-        else:
-            await self.reset()
 
     def __repr__(self) -> str:
         return f"FrameStream({self.protocol} with {self.remote_peer_id[-8:]})"
