@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import secrets
@@ -40,6 +39,7 @@ from typing import Any, Final
 import torch
 from cryptography.exceptions import InvalidTag
 from noise.connection import NoiseConnection
+from noise.exceptions import NoiseInvalidMessage
 
 from swarm.p2p import FrameStream, P2PNode, StreamClosedError, StreamResetError
 from swarm.p2p.stream import ReceivedFrames
@@ -65,9 +65,11 @@ TICKET_BYTES: Final = 16
 KEY_BYTES: Final = 32
 TICKET_TTL: Final = 10.0  # seconds a ticket waits for its connection
 HANDSHAKE_TIMEOUT: Final = 5.0
-MAX_TICKETS_PER_REMOTE: Final = 16
+FRAME_TIMEOUT: Final = 60.0  # seconds a frame may take once its first bytes arrived
+MAX_TICKETS_PER_REMOTE: Final = 16  # tickets waiting plus lanes open, per remote identity
 MAX_TICKETS: Final = 1024
 MAX_LANES: Final = 512
+MAX_HANDSHAKES: Final = 64  # connections not yet authenticated
 MAX_NOISE_MESSAGE: Final = 65535
 MAX_PLAINTEXT: Final = MAX_NOISE_MESSAGE - 16  # the Poly1305 tag
 QUEUED_FRAMES: Final = 2  # frames read ahead of the consumer
@@ -137,7 +139,7 @@ class LaneStream(ReceivedFrames):
                 raise StreamResetError("lane cut inside a message") from None
             try:
                 self._plain += self._noise.decrypt(sealed)
-            except InvalidTag:
+            except (InvalidTag, NoiseInvalidMessage):
                 raise StreamResetError("a lane message failed to decrypt") from None
         if len(self._plain) <= n:
             chunk = bytes(self._plain)
@@ -147,11 +149,28 @@ class LaneStream(ReceivedFrames):
         del self._plain[:n]
         return chunk
 
+    async def _started_frame(self) -> bool:
+        """Wait, without a deadline, for the first bytes of the next frame (False: the end)."""
+        if not self._plain:
+            first = await self._read_some(MAX_PLAINTEXT)
+            if not first:
+                return False
+            self._plain[:0] = first
+        return True
+
     async def _read_loop(self) -> None:
         end: WireError = StreamClosedError()
         try:
-            while True:
-                frame = await read_frame(self._read_some, self.limits)
+            while await self._started_frame():
+                # a frame's payload is allocated once its header arrived: a remote that starts
+                # one must finish it in time, or the lane ends and the memory is freed
+                try:
+                    async with asyncio.timeout(FRAME_TIMEOUT):
+                        frame = await read_frame(self._read_some, self.limits)
+                except TimeoutError:
+                    raise StreamResetError(
+                        f"a frame was not finished within {FRAME_TIMEOUT:.0f} s"
+                    ) from None
                 if frame is None:
                     break
                 await self._queue.put(frame)
@@ -165,8 +184,13 @@ class LaneStream(ReceivedFrames):
             await self._refuse(e)
         except (ConnectionError, OSError) as e:
             end = StreamResetError(f"lane broke: {type(e).__name__}")
+        except Exception as e:  # whatever it was, the lane is unusable: a reset, not a close
+            log.debug("lane read failed", exc_info=True)
+            end = StreamResetError(f"lane read failed: {type(e).__name__}")
         finally:
             self._deliver_end(end)
+            if isinstance(end, StreamResetError):
+                self._writer.transport.abort()
 
     async def _refuse(self, error: WireError) -> None:
         """Send the error frame, then read and drop what the remote is still sending (for at
@@ -281,6 +305,8 @@ class LaneServer:
         self._tickets: dict[bytes, _Ticket] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshaking = 0
+        self._lanes_of: dict[str, int] = {}  # remote → its open lanes
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -313,6 +339,7 @@ class LaneServer:
         now = time.monotonic()
         self._expire(now)
         held = sum(t.remote_peer_id == remote_peer_id for t in self._tickets.values())
+        held += self._lanes_of.get(remote_peer_id, 0)
         if held >= MAX_TICKETS_PER_REMOTE or len(self._tickets) >= MAX_TICKETS:
             raise WireError("busy", "too many lane tickets waiting")
         if ticket in self._tickets:
@@ -329,7 +356,7 @@ class LaneServer:
         if not isinstance(ticket, bytes) or not isinstance(key, bytes):
             raise WireError(BAD_REQUEST, "a ticket's id and key are bytes")
         self.admit(stream.remote_peer_id, protocol, ticket, key)
-        await stream.send({"type": "lane", "port": self.port, "host": self.host})
+        await stream.send({"type": "lane", "port": self.port})
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.CancelledError):  # closing: the task ends here
@@ -338,11 +365,12 @@ class LaneServer:
     async def _accept_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._tasks) >= MAX_LANES:
+        if self._handshaking >= MAX_HANDSHAKES or len(self._tasks) >= MAX_LANES + MAX_HANDSHAKES:
             writer.transport.abort()
             self.refused += 1
             return
         self._tasks.add(task)
+        self._handshaking += 1
         try:
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -352,12 +380,22 @@ class LaneServer:
             except Exception as e:  # a malformed handshake message, say
                 log.debug("lane handshake failed: %s", e)
                 lane = None
-            if lane is None:
+            finally:
+                self._handshaking -= 1
+            if lane is None or len(self._tasks) - self._handshaking > MAX_LANES:
                 self.refused += 1
                 writer.transport.abort()
                 return
+            remote = lane.remote_peer_id
+            self._lanes_of[remote] = self._lanes_of.get(remote, 0) + 1
             self.opened += 1
-            await self._serve(lane)
+            try:
+                await self._serve(lane)
+            finally:
+                if self._lanes_of[remote] <= 1:
+                    del self._lanes_of[remote]
+                else:
+                    self._lanes_of[remote] -= 1
         finally:
             self._tasks.discard(task)
 
@@ -414,17 +452,15 @@ def listen_host(listen: Sequence[str], default: str = "127.0.0.1") -> str:
     return default
 
 
-def lane_host(addrs: Sequence[str], offered: str) -> str:
-    """Where to dial a peer's lane: the host of the first TCP address we know it by (it is
-    reachable: libp2p dialed it), else the host the peer offered, unless that is a wildcard."""
+def lane_host(addrs: Sequence[str]) -> str:
+    """Where to dial a peer's lane: the host of the first TCP address we know it by (from its
+    record, which libp2p dials too). Never a host the peer names itself: a peer must not be
+    able to point gateways at other machines."""
     for addr in addrs:
         match = _ADDR.match(addr)
         if match:
             return match.group(2)
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(offered).is_unspecified:
-            raise WireError("unavailable", "the peer offers a lane on no particular address")
-    return offered
+    raise WireError("unavailable", "no TCP address of the peer is known")
 
 
 async def open_lane(
@@ -440,13 +476,13 @@ async def open_lane(
     Raises a `WireError` when the peer offers no lane (an older peer, lanes switched off) or
     the connection fails; callers fall back to a libp2p stream.
     """
+    host = lane_host(addrs)
     ticket, key = secrets.token_bytes(TICKET_BYTES), secrets.token_bytes(KEY_BYTES)
     header = {"type": "lane", "protocol": protocol, "ticket": ticket, "key": key}
     reply = await node.request(peer_id, LANE_PROTOCOL, header, timeout=timeout, addrs=list(addrs))
-    port, offered = reply.header.get("port"), reply.header.get("host")
-    if not isinstance(port, int) or not 0 < port < 65536 or not isinstance(offered, str):
-        raise WireError("bad_response", "the peer's lane offer has no port or host")
-    host = lane_host(addrs, offered)
+    port = reply.header.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise WireError("bad_response", "the peer's lane offer has no port")
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):

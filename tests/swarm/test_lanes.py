@@ -30,8 +30,8 @@ from swarm.lanes import (
     listen_host,
     open_lane,
 )
-from swarm.p2p import P2PNode, StreamClosedError
-from swarm.wire import TOO_LARGE, WireError, WireLimits
+from swarm.p2p import P2PNode, StreamClosedError, StreamResetError
+from swarm.wire import TOO_LARGE, WireError, WireLimits, encode_frame_bytes
 
 ECHO = "/test/echo/1"
 
@@ -264,8 +264,66 @@ def test_where_lanes_listen_and_are_dialed() -> None:
     assert listen_host(["/ip4/127.0.0.1/tcp/0"]) == "127.0.0.1"
     assert listen_host(["/ip6/::1/tcp/4001"]) == "::1"
     assert listen_host([]) == "127.0.0.1"
-    addrs = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW"]
-    assert lane_host(addrs, "0.0.0.0") == "127.0.0.1"  # the address libp2p reached it by
-    assert lane_host([], "127.0.0.1") == "127.0.0.1"
-    with pytest.raises(WireError):
-        lane_host([], "0.0.0.0")
+    assert lane_host(["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW"]) == "127.0.0.1"
+    with pytest.raises(WireError):  # never a host the peer names itself
+        lane_host(["/dns4/example.org/tcp/4001"])
+
+
+def test_a_message_that_fails_to_decrypt_resets_the_lane() -> None:
+    ended: list[BaseException] = []
+
+    async def record(stream: LaneStream) -> None:
+        try:
+            async for frame in stream:
+                await stream.send(frame.header, frame.tensors)
+        except WireError as e:
+            ended.append(e)
+            raise
+
+    async def main() -> None:
+        async with echo_lanes() as s:
+            s.lanes.handlers[ECHO] = record
+            lane = await s.open()
+            lane._writer.write(LENGTH.pack(40) + secrets.token_bytes(40))  # forged message
+            with pytest.raises((StreamResetError, StreamClosedError)):
+                await asyncio.wait_for(lane.recv(), 5)
+            await eventually(lambda: bool(ended))
+            assert isinstance(ended[0], StreamResetError)  # not mistaken for a clean close
+
+    run(main())
+
+
+def test_a_frame_left_unfinished_ends_the_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lanes, "FRAME_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        async with echo_lanes() as s:
+            lane = await s.open()
+            whole = encode_frame_bytes({"type": "echo"}, [torch.zeros(1000)])
+            await lane.send_raw(whole[:100])  # a header promising 4000 bytes, then silence
+            with pytest.raises((StreamResetError, StreamClosedError)):
+                await asyncio.wait_for(lane.recv(), 5)
+
+    run(main())
+
+
+def test_open_lanes_count_against_a_remote_s_tickets() -> None:
+    async def main() -> None:
+        async with echo_lanes() as s:
+            held = [await s.open() for _ in range(3)]
+            for _ in range(MAX_TICKETS_PER_REMOTE - 3):
+                s.lanes.admit(s.client.peer_id, ECHO, secrets.token_bytes(16), b"k" * 32)
+            with pytest.raises(WireError, match="busy"):
+                await s.open()
+            for lane in held:
+                await lane.close()
+
+    run(main())
+
+
+async def eventually(check: Any, tries: int = 200) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
