@@ -123,15 +123,16 @@ class LaneStream(ReceivedFrames):
 
     # -- reading --------------------------------------------------------------------------
 
-    async def _read_some(self, n: int) -> bytes:
-        """Up to n plaintext bytes; b"" at a clean end between Noise messages."""
+    async def _fill(self) -> bool:
+        """Decrypt the next Noise message into the buffer unless it holds bytes already;
+        False at a clean end between messages."""
         while not self._plain:
             try:
                 head = await self._reader.readexactly(LENGTH.size)
             except asyncio.IncompleteReadError as e:
                 if e.partial:
                     raise StreamResetError("lane cut inside a message") from None
-                return b""
+                return False
             (size,) = LENGTH.unpack(head)
             try:
                 sealed = await self._reader.readexactly(size)
@@ -141,6 +142,12 @@ class LaneStream(ReceivedFrames):
                 self._plain += self._noise.decrypt(sealed)
             except (InvalidTag, NoiseInvalidMessage):
                 raise StreamResetError("a lane message failed to decrypt") from None
+        return True
+
+    async def _read_some(self, n: int) -> bytes:
+        """Up to n plaintext bytes; b"" at a clean end between Noise messages."""
+        if not await self._fill():
+            return b""
         if len(self._plain) <= n:
             chunk = bytes(self._plain)
             self._plain.clear()
@@ -149,19 +156,10 @@ class LaneStream(ReceivedFrames):
         del self._plain[:n]
         return chunk
 
-    async def _started_frame(self) -> bool:
-        """Wait, without a deadline, for the first bytes of the next frame (False: the end)."""
-        if not self._plain:
-            first = await self._read_some(MAX_PLAINTEXT)
-            if not first:
-                return False
-            self._plain[:0] = first
-        return True
-
     async def _read_loop(self) -> None:
         end: WireError = StreamClosedError()
         try:
-            while await self._started_frame():
+            while await self._fill():  # no deadline for the next frame's first bytes
                 # a frame's payload is allocated once its header arrived: a remote that starts
                 # one must finish it in time, or the lane ends and the memory is freed
                 try:
@@ -217,10 +215,10 @@ class LaneStream(ReceivedFrames):
     # -- writing --------------------------------------------------------------------------
 
     def _seal(self, parts: Sequence[bytes | memoryview]) -> list[bytes]:
-        data = memoryview(b"".join(parts))
+        data = b"".join(parts)  # noiseprotocol takes bytes only; a whole-length slice is no copy
         out: list[bytes] = []
         for offset in range(0, len(data), MAX_PLAINTEXT):
-            sealed = self._noise.encrypt(bytes(data[offset : offset + MAX_PLAINTEXT]))
+            sealed = self._noise.encrypt(data[offset : offset + MAX_PLAINTEXT])
             out += (LENGTH.pack(len(sealed)), sealed)
         return out
 

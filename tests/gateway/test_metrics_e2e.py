@@ -89,6 +89,9 @@ def test_streaming_chat_moves_gateway_and_peer_metrics(up: Proc) -> None:
     assert value(after, "swarmgate_swarm_coverage", model=MODEL) == 1.0
     assert value(after, "swarmgate_swarm_peers", model=MODEL) == 2
     assert value(after, "swarmgate_failovers_total", model=MODEL) == 0
+    # `up` reaches both peers over lanes (TCP + Noise), opened once and kept
+    assert value(after, "swarmgate_peer_lanes_opened_total") == 2
+    assert value(after, "swarmgate_peer_streams_opened_total") == 2
 
     line = access_line(up, request_id)  # written when the stream ended: it has the counts
     assert line["logger"] == "swarmgate.access" and line["level"] == "info"
