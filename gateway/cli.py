@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         round_window=args.round_window_ms / 1000,
         lanes=args.lanes,
+        push=args.push,
         round_groups=args.round_groups,
     )
 
@@ -75,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="lanes",
         action="store_false",
         help="talk to peers over libp2p streams only (no TCP + Noise lanes beside libp2p)",
+    )
+    parser.add_argument(
+        "--no-push",
+        dest="push",
+        action="store_false",
+        help="relay every hop's output through the gateway (no peer-to-peer push)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -134,8 +134,10 @@ class Engine:
         round_window: float = 0.005,
         lanes: bool = True,
         round_groups: int = 1,
+        push: bool = True,
     ) -> None:
         self.node = node
+        self.push = push  # decode steps pushed peer to peer (swarm.session)
         self.mixed_precision = mixed_precision
         self.max_waiting = max_waiting  # requests queued for cache space at most
         self.max_wait = max_wait  # seconds one request waits for cache space at most
@@ -323,6 +325,7 @@ class Engine:
             transport_dtype=self.transport_dtype(model, hops),
             reroute=reroute,
             channels=self.channels,
+            push=self.push,
         )
         hidden = await session.start(embedded)
         self.metrics.route_opened(model.name, len(hops))
@@ -351,6 +354,7 @@ class Engine:
             session_id=kept.session_id,
             keep_alive=self.keep_alive,
             channels=self.channels,
+            push=self.push,
         )
         # the next step overwrites what the prompt does not share (peers roll back)
         keep = reusable(kept, prompt)

@@ -51,6 +51,7 @@ class GatewayConfig:
     round_window: float = 0.005
     lanes: bool = True  # sessions over lanes (TCP + Noise beside libp2p) where peers offer them
     round_groups: int = 1  # pipelined micro-batches the generations decoding together form
+    push: bool = True  # peers push each hop's output straight to the next hop
 
 
 def load_served_model(name: str, device: str = "cpu") -> ServedModel:
@@ -95,6 +96,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         round_window=config.round_window,
         lanes=config.lanes,
         round_groups=config.round_groups,
+        push=config.push,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)

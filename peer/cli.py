@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         join_jitter=args.join_jitter,
         metrics_port=args.metrics_port,
         lanes=args.lanes,
+        push=args.push,
         lane_port=args.lane_port,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
@@ -112,6 +113,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="lanes",
         action="store_false",
         help="serve sessions over libp2p streams only (no TCP + Noise lanes beside libp2p)",
+    )
+    parser.add_argument(
+        "--no-push",
+        dest="push",
+        action="store_false",
+        help="never send step outputs straight to the next peer (clients then relay them)",
     )
     parser.add_argument(
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"

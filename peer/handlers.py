@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from peer.memory import BudgetExceededError
+from peer.pushes import PushBox
 from peer.scheduler import StepScheduler
 from peer.sessions import Session, SessionTable
 from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
@@ -43,6 +44,9 @@ class PeerCounters:
     forwards: int = 0
     busy_refusals: int = 0
     bad_requests: int = 0
+    pushes_in: int = 0  # steps whose rows the previous hop pushed
+    pushes_out: int = 0  # outputs pushed to the next hop
+    push_failures: int = 0  # outputs that could not be pushed (the client relayed them)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class PeerState:
     started: float = field(default_factory=time.time)
     sessions_by_remote: dict[str, int] = field(default_factory=dict)
     moving: bool = False  # reloading another span: new sessions are refused
+    pushes: PushBox = field(default_factory=PushBox)  # rows pushed by previous hops
 
     def info(self) -> dict[str, Any]:
         budget = self.sessions.budget

@@ -40,6 +40,13 @@ COUNTERS = (
     ("swarmgate_peer_sessions_opened", "Inference sessions opened", "sessions_opened"),
     ("swarmgate_peer_sessions_resumed", "Kept sessions re-attached", "sessions_resumed"),
     ("swarmgate_peer_busy_refusals", "Sessions refused for lack of cache space", "busy_refusals"),
+    ("swarmgate_peer_pushes_in", "Steps whose rows the previous peer pushed", "pushes_in"),
+    ("swarmgate_peer_pushes_out", "Step outputs pushed to the next peer", "pushes_out"),
+    (
+        "swarmgate_peer_push_failures",
+        "Step outputs that could not be pushed (the client relayed them)",
+        "push_failures",
+    ),
 )
 # (metric name, help, key in PeerState.info())
 GAUGES = (

@@ -1,11 +1,15 @@
 """The peer's side of `/swarmgate/sessions/1`: many sessions of one client over one stream.
 
-Each frame is a round of operations (open, step, close) of the client's sessions. The ops of
+Each frame is a round of operations (open, step, close, push) of the client's sessions. The ops of
 one session run in order, different sessions concurrently, so all the round's decode steps
 reach the step scheduler together and run as one batched forward. The round is answered by one
 frame. A bad op gets its own error result and the other ops of the round still run; a malformed
 frame gets an error frame and the stream stays usable. When the stream ends, every session
 opened on it is detached (kept for the keep-alive its client asked for, or freed).
+
+Peer-to-peer push (`peer.pushes`): a step marked `pushed` waits for its rows from the previous
+hop, which sends them as a `push` op on a stream of its own; a step with a `push` target sends
+its output on to the next hop before its result goes back.
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ from typing import Any
 import torch
 
 from peer.handlers import MAX_SESSIONS_PER_REMOTE, PeerState, open_session, run_step
+from peer.pushes import Pusher
 from peer.sessions import Session
 from swarm.lanes import LaneStream
 from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
-from swarm.protocol import MAX_ROUND_OPS, TRANSPORT_DTYPES, field_float, field_str
+from swarm.protocol import (
+    MAX_ROUND_OPS,
+    TRANSPORT_DTYPES,
+    field_float,
+    field_int,
+    field_str,
+    push_target,
+)
 from swarm.wire import BAD_REQUEST, BUSY, NOT_FOUND, WireError, error_header
 
 MAX_KEEP_ALIVE = 3600.0
@@ -74,7 +86,11 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
         if not isinstance(item, dict):
             raise WireError(BAD_REQUEST, "every op must be a map")
         op = _Op(item)
-        if item.get("type") == "step":
+        kind = item.get("type")
+        # rows come with a step (unless pushed by the previous hop) and with a push
+        if (kind == "step" and item.get("pushed") is not True) or (
+            kind == "push" and item.get("cancel") is not True
+        ):
             batch, n = _shape(item)
             if rows is None or offset + batch * n > rows.shape[0]:
                 raise WireError(BAD_REQUEST, "the steps declare more positions than were sent")
@@ -90,9 +106,15 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
 class RoundServer:
     """Serves one `/swarmgate/sessions/1` stream; `current` gives the peer's live state."""
 
-    def __init__(self, current: Callable[[], PeerState], stream: FrameStream | LaneStream) -> None:
+    def __init__(
+        self,
+        current: Callable[[], PeerState],
+        stream: FrameStream | LaneStream,
+        pusher: Pusher | None = None,
+    ) -> None:
         self.current = current
         self.stream = stream
+        self.pusher = pusher  # sends step outputs on to the next hop; None: never push
         self.attached: dict[str, _Attached] = {}
 
     async def serve(self) -> None:
@@ -178,6 +200,8 @@ class RoundServer:
                 "length": session.cache.length,
                 "cache_tokens": state.sessions.budget.reservations.get(sid, 0),
             }, None
+        if kind == "push":
+            return self._take_push(op, sid), None
         held = self.attached.get(sid)
         if held is None:
             raise WireError(NOT_FOUND, "no such session open on this stream")
@@ -186,7 +210,44 @@ class RoundServer:
             self._detach(sid, keep_alive)
             return {"type": "closed", "session": sid}, None
         if kind == "step":
-            assert op.rows is not None
-            reply, output = await run_step(held.state, held.session, header, [op.rows], op.finite)
-            return reply, output
+            return await self._step(held, op, sid)
         raise WireError(BAD_REQUEST, f"unexpected op type {kind!r}")
+
+    async def _step(
+        self, held: _Attached, op: _Op, sid: str
+    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        header = op.header
+        target = push_target(header)
+        rows, finite = op.rows, op.finite
+        if header.get("pushed") is True:  # the previous hop sends the rows
+            seq = field_int(header, "seq", 0, 1 << 62)
+            position = field_int(header, "position", 0, held.session.max_length)
+            rows, finite = await held.state.pushes.take(sid, seq, position, _shape(header))
+            held.state.counters.pushes_in += 1
+        assert rows is not None
+        reply, output = await run_step(held.state, held.session, header, [rows], finite)
+        if target is not None:
+            pushed = self.pusher is not None and await self.pusher.push(
+                target, sid, int(header["position"]), output
+            )
+            reply["pushed"] = pushed
+            if pushed:
+                held.state.counters.pushes_out += 1
+            else:
+                held.state.counters.push_failures += 1
+        return reply, output
+
+    def _take_push(self, op: _Op, sid: str) -> dict[str, Any]:
+        """A push (or its cancel) for a step of a session served here, from any stream."""
+        state = self.current()
+        seq = field_int(op.header, "seq", 0, 1 << 62)
+        if op.header.get("cancel") is True:
+            state.pushes.cancel(sid, seq)
+            return {"type": "pushed", "session": sid, "seq": seq}
+        session = state.sessions.sessions.get(sid)
+        if session is None:
+            raise WireError(NOT_FOUND, "no such session at this peer")
+        position = field_int(op.header, "position", 0, session.max_length)
+        assert op.rows is not None
+        state.pushes.deliver(sid, seq, position, op.rows, op.finite)
+        return {"type": "pushed", "session": sid, "seq": seq}

@@ -2,7 +2,8 @@
 
 `PeerServer.start()` loads only the span's blocks (in the chosen dtype, quantized if asked),
 measures its throughput, joins the swarm, serves `/swarmgate/sessions/1` (also over lanes,
-`swarm.lanes`), `/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`, and
+`swarm.lanes`; step outputs pushed straight to the next hop where the client asks, through
+`peer.pushes`), `/swarmgate/inference/1`, `/swarmgate/forward/1` and `/swarmgate/info/1`, and
 keeps its capability record fresh. Without fixed blocks it picks the span where the swarm is
 weakest and moves when that raises the swarm's bottleneck clearly.
 """
@@ -23,6 +24,7 @@ import torch
 from peer.handlers import PeerState, handle_forward, handle_inference, handle_info
 from peer.memory import CacheBudget, default_cache_tokens, kv_bytes_per_token
 from peer.metrics import PeerMetrics
+from peer.pushes import Pusher
 from peer.quant import quantize_linears
 from peer.rounds import RoundServer
 from peer.scheduler import StepScheduler
@@ -43,6 +45,7 @@ from swarm.protocol import (
     SESSIONS_PROTOCOL,
 )
 from swarm.records import ModelRecord, PeerRecord, register_validators
+from swarm.rounds import Channels
 from swarm.swarm_view import SwarmView
 from swarm.wire import WireLimits
 
@@ -71,6 +74,7 @@ class PeerConfig:
     join_jitter: float = 2.0
     metrics_port: int | None = None  # serve Prometheus text on 127.0.0.1 (0: a free port)
     lanes: bool = True  # offer sessions over lanes (TCP + Noise beside libp2p; swarm.lanes)
+    push: bool = True  # send step outputs straight to the next hop when the client asks
     lane_port: int = 0  # on the libp2p listen address's host (0: a free port)
 
 
@@ -112,6 +116,7 @@ class PeerServer:
         self.span: Span | None = None
         self.announcer: Announcer | None = None
         self.lanes: LaneServer | None = None
+        self.pusher: Pusher | None = None
         self.view: SwarmView | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_record: ModelRecord | None = None
@@ -154,6 +159,8 @@ class PeerServer:
             (INFO_PROTOCOL, handle_info),
         ):
             await node.serve(protocol, self._bind(handler))
+        if config.push:
+            self.pusher = Pusher(Channels(node, lanes=config.lanes))
         await node.serve(SESSIONS_PROTOCOL, self._serve_rounds)
         if config.lanes:
             self.lanes = LaneServer(
@@ -186,7 +193,7 @@ class PeerServer:
             assert self.state is not None
             return self.state
 
-        await RoundServer(current, stream).serve()
+        await RoundServer(current, stream, self.pusher).serve()
 
     async def _pick_blocks(self, weights: Weights) -> tuple[int, int]:
         config = self.config
@@ -352,6 +359,8 @@ class PeerServer:
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.announcer.stop(offline=True), 5.0)
+        if self.pusher is not None:
+            await self.pusher.close()
         if self.lanes is not None:
             await self.lanes.close()
         if self.state is not None:

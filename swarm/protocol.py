@@ -17,6 +17,13 @@
   successful steps, in order. The steps of one round run as one batched forward at the peer, so
   a client decoding many sessions sends one frame per hop per token, not one per session.
   When the stream ends, its sessions are detached (kept if their close or open asked for it).
+  Peer-to-peer push: a client sends a step to every hop of its chain at once. A step may carry
+  `push: {peer, addrs, seq}`: once computed, the peer sends its output to `peer` (at one of
+  `addrs`) as the op `{type: push, session, seq, position, shape}` + rows on its own channel
+  there, and the step's result says whether that worked (`pushed`). A step with `pushed: true`
+  carries no rows: they come in such a push (or from the client itself, on a second channel,
+  when the hop could not push); `{type: push, session, seq, cancel: true}` ends the wait.
+  A push is answered by `{type: pushed}` once its rows are with the waiting step's peer.
 `/swarmgate/forward/1`: {type: forward, start, end} + hidden → {type: result} + hidden, no cache.
 `/swarmgate/info/1`: {type: info} → the peer's live status.
 Errors are error frames `{type: error, code, message}` (codes in `swarm.wire`).
@@ -24,6 +31,7 @@ Errors are error frames `{type: error, code, message}` (codes in `swarm.wire`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 import torch
@@ -39,6 +47,8 @@ MAX_STEP_TOKENS: Final = 8192  # positions in one frame (one step, or one round 
 MAX_ROUND_OPS: Final = 128  # operations in one round frame
 
 MAX_SESSION_ID: Final = 128
+MAX_PUSH_ADDRS: Final = 8  # addresses a push target may name
+MAX_ADDR: Final = 256  # characters of one multiaddr
 TRANSPORT_DTYPES: Final = (torch.float32, torch.bfloat16)  # never fp16: Gemma overflows it
 
 
@@ -84,3 +94,29 @@ def check_hidden(
     if not finite and not torch.isfinite(hidden).all():
         raise WireError(BAD_REQUEST, "hidden states contain NaN or infinity")
     return hidden
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a hop sends its output: the next hop's peer, step `seq` of the same session."""
+
+    peer: str
+    addrs: tuple[str, ...]
+    seq: int
+
+
+def push_target(header: dict[str, Any]) -> PushTarget | None:
+    """A step's `push` field, checked; None when the step has none."""
+    raw = header.get("push")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise WireError(BAD_REQUEST, "'push' must be a map")
+    addrs = raw.get("addrs", [])
+    if (
+        not isinstance(addrs, list)
+        or len(addrs) > MAX_PUSH_ADDRS
+        or not all(isinstance(a, str) and 0 < len(a) <= MAX_ADDR for a in addrs)
+    ):
+        raise WireError(BAD_REQUEST, f"'push.addrs' must be at most {MAX_PUSH_ADDRS} addresses")
+    return PushTarget(field_str(raw, "peer"), tuple(addrs), field_int(raw, "seq", 0, 1 << 62))

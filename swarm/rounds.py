@@ -49,12 +49,17 @@ def _tagged(error: WireError, peer_id: str) -> WireError:
 @dataclass
 class _Op:
     header: dict[str, Any]
-    rows: torch.Tensor | None  # a step's input [batch, n, h]
+    rows: torch.Tensor | None  # rows sent with the op: a step's input [batch, n, h], a push's
     future: asyncio.Future[Reply]
+    out_shape: tuple[int, ...] | None = None  # a step's output [batch, n, h]; None: no rows back
 
     @property
     def positions(self) -> int:
         return 0 if self.rows is None else self.rows.shape[0] * self.rows.shape[1]
+
+    @property
+    def is_step(self) -> bool:
+        return self.out_shape is not None
 
 
 @dataclass
@@ -68,11 +73,13 @@ class Whereabouts:
         self.places[sid] = ("waiting", channel, now)
 
     def sent(self, sid: str, channel: PeerChannel, now: float) -> None:
-        if sid in self.places:  # not closed meanwhile
+        place = self.places.get(sid)
+        if place is not None and place[1] is channel:  # not closed, not tracked elsewhere
             self.places[sid] = ("sent", channel, now)
 
-    def back(self, sid: str, now: float) -> None:
-        if sid in self.places:
+    def back(self, sid: str, channel: PeerChannel, now: float) -> None:
+        place = self.places.get(sid)
+        if place is not None and place[1] is channel:
             self.places[sid] = ("back", None, now)
 
     def forget(self, sid: str) -> None:
@@ -109,18 +116,34 @@ class PeerChannel:
     _task: asyncio.Task[None] | None = None
     _closed: bool = False
 
-    async def call(self, header: dict[str, Any], rows: torch.Tensor | None = None) -> Reply:
-        """Send one op (with a step's `rows[batch, n, h]`) in the next round; its reply."""
+    async def call(
+        self,
+        header: dict[str, Any],
+        rows: torch.Tensor | None = None,
+        out_shape: tuple[int, ...] | None = None,
+        track: bool = True,
+    ) -> Reply:
+        """Send one op in the next round; its reply.
+
+        A step sends its `rows[batch, n, h]` and gets as many back; a step whose rows the
+        previous hop pushes (`pushed: true`) sends none and names its output's `out_shape`.
+        `track`: the op tells where its session is (only the last hop of a pushed chain does,
+        the session being there until that hop answers).
+        """
         if self._closed:
             raise _tagged(WireError("closed", "the channel is closed"), self.peer_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        self._pending.append(_Op(header, rows, future))
+        step = header.get("type") == "step"
+        if step and out_shape is None and rows is not None:
+            out_shape = tuple(rows.shape)
+        self._pending.append(_Op(header, rows, future, out_shape if step else None))
         sid = str(header.get("session"))
         self._last_arrival = loop.time()
-        if header.get("type") == "step":
+        if step:
             self._stepping[sid] = loop.time()
-            self.whereabouts.waiting(sid, self, loop.time())
+            if track:
+                self.whereabouts.waiting(sid, self, loop.time())
         elif header.get("type") == "close":
             self._stepping.pop(sid, None)
             self.whereabouts.forget(sid)
@@ -176,9 +199,9 @@ class PeerChannel:
         deadline = loop.time() + self.window * MAX_HOLD
         while True:
             now = loop.time()
-            if any(op.rows is None for op in self._pending):
-                return  # opens and closes never wait
-            if sum(op.rows is not None for op in self._pending) >= self._group_size():
+            if any(not op.is_step for op in self._pending):
+                return  # opens, closes and pushes never wait
+            if sum(op.is_step for op in self._pending) >= self._group_size():
                 return  # a group is complete
             if now >= deadline or not self._missing(now):
                 return
@@ -241,14 +264,14 @@ class PeerChannel:
             fits = len(taken) < MAX_ROUND_OPS and (
                 not taken or positions + op.positions <= MAX_STEP_TOKENS
             )
-            fits = fits and (op.rows is None or steps < group)
+            fits = fits and (not op.is_step or steps < group)
             same = op.rows is None or dtype is None or op.rows.dtype == dtype
             if fits and same and not rest:
                 taken.append(op)
                 positions += op.positions
                 if op.rows is not None:
                     dtype = op.rows.dtype
-                    steps += 1
+                steps += op.is_step
             else:
                 rest.append(op)
         self._pending = rest
@@ -317,11 +340,11 @@ class PeerChannel:
         await stream.send({"type": "round", "ops": [op.header for op in ops]}, tensors)
         now = asyncio.get_running_loop().time()
         for op in ops:
-            if op.rows is not None:
+            if op.is_step:
                 self.whereabouts.sent(str(op.header.get("session")), self, now)
         self.stats.rounds += 1
         self.stats.ops += len(ops)
-        self.stats.widest = max(self.stats.widest, sum(op.rows is not None for op in ops))
+        self.stats.widest = max(self.stats.widest, sum(op.is_step for op in ops))
         try:
             async with asyncio.timeout(ROUND_TIMEOUT):
                 frame = await stream.recv()
@@ -329,7 +352,7 @@ class PeerChannel:
             raise RequestTimeoutError(f"no answer to a round in {ROUND_TIMEOUT:.0f} s") from None
         now = asyncio.get_running_loop().time()
         for op in ops:
-            self.whereabouts.back(str(op.header.get("session")), now)
+            self.whereabouts.back(str(op.header.get("session")), self, now)
         if frame.is_error:  # the peer refused the frame as a whole
             header = frame.header
             error = WireError(str(header.get("code", "error")), str(header.get("message", "")))
@@ -351,13 +374,13 @@ class PeerChannel:
             if result.get("type") == "error":
                 code, message = str(result.get("code", "error")), str(result.get("message", ""))
                 replies.append(WireError(code, message))
-            elif op.rows is None:
+            elif op.out_shape is None:
                 replies.append((result, None))
             else:
-                n = op.positions
+                n = op.out_shape[0] * op.out_shape[1]
                 if out is None or offset + n > out.shape[0] or out.dim() != 2:
                     raise WireError("bad_response", "the peer sent fewer positions than asked")
-                part = out[offset : offset + n].view(op.rows.shape)
+                part = out[offset : offset + n].view(op.out_shape)
                 # a slice of a bigger reply would keep all of it alive in the session's history
                 replies.append((result, part if n == out.shape[0] else part.clone()))
                 offset += n
@@ -384,6 +407,7 @@ class Channels:
         self.groups = groups
         self.whereabouts = Whereabouts()
         self._channels: dict[str, PeerChannel] = {}
+        self._sides: dict[str, PeerChannel] = {}
 
     def get(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> PeerChannel:
         channel = self._channels.get(peer_id)
@@ -402,10 +426,21 @@ class Channels:
             channel.addrs = list(addrs)  # the route's latest addresses (a peer may have moved)
         return channel
 
+    def side(self, peer_id: str, addrs: list[str] | tuple[str, ...] = ()) -> PeerChannel:
+        """A second channel to the peer, for ops that must not queue behind its rounds: the
+        rows a hop could not push, and cancels of pushed steps (which hold a round open)."""
+        channel = self._sides.get(peer_id)
+        if channel is None:
+            channel = PeerChannel(self.node, peer_id, list(addrs), lanes=self.lanes)
+            self._sides[peer_id] = channel
+        elif addrs:
+            channel.addrs = list(addrs)
+        return channel
+
     @property
     def stats(self) -> ChannelStats:
         total = ChannelStats()
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._sides.values()]:
             total.rounds += channel.stats.rounds
             total.ops += channel.stats.ops
             total.streams += channel.stats.streams
@@ -414,7 +449,8 @@ class Channels:
         return total
 
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        channels = [*self._channels.values(), *self._sides.values()]
+        self._channels, self._sides = {}, {}
         await asyncio.gather(*(c.close() for c in channels))
 
 

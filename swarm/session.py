@@ -6,6 +6,10 @@ through the hops in order. For each hop it keeps every input it sent (a tensor o
 positions so far, trimmed on rollback), so when a peer fails mid-generation the session asks its
 `reroute` callback for replacement hops covering the failed hop's blocks, replays that history
 into them to rebuild their caches, and carries on: the caller sees no break.
+
+A step through two or more hops is pushed (`push`, the default): it goes to every hop at once
+and each peer sends its output straight to the next one (`peer.pushes`), while still answering
+this client with it, so the input history stays whole.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -103,6 +108,7 @@ class InferenceSession:
     failovers: int = 0
     banned: set[str] = field(default_factory=set)
     channels: Channels | None = None  # default: the node's shared channels
+    push: bool = True  # decode steps go to every hop at once, each hop pushing to the next
     _links: list[_Link] = field(default_factory=list)
 
     async def open(self, resume: bool = False) -> None:
@@ -207,7 +213,99 @@ class InferenceSession:
         position = self.length if position is None else position
         if not 0 <= position <= self.length:
             raise ValueError(f"position {position} outside [0, {self.length}]")
-        index = 0
+        if self.push and len(self._links) > 1:
+            hidden = await self._pushed_step(hidden, position)
+        else:
+            hidden = await self._chain(hidden, position, 0)
+        self.length = position + hidden.shape[1]
+        return hidden
+
+    async def _pushed_step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        """One step sent to every hop at once, each hop pushing its output to the next.
+
+        The first hop gets the rows; each later hop's step waits at its peer for the rows the
+        hop before pushes (three transfers for two hops instead of four, and no trip through
+        this client between them). Every hop still answers with its output, which is the next
+        hop's input history for failover, and says whether its push got there; where it did
+        not, this client sends the rows itself (on the peer's side channel). When a hop fails,
+        the steps waiting after it are cancelled and the chain goes on hop by hop from there.
+        """
+        links = list(self._links)
+        rows = hidden.to(self.transport_dtype).contiguous()
+        shape = tuple(rows.shape)
+        for link in links:
+            link.seq += 1
+        calls: list[asyncio.Task[tuple[dict[str, Any], torch.Tensor | None]]] = []
+        for i, link in enumerate(links):
+            assert link.channel is not None
+            header: dict[str, Any] = {
+                "type": "step",
+                "session": self.session_id,
+                "seq": link.seq,
+                "position": position,
+                "shape": [shape[0], shape[1]],
+            }
+            if i > 0:
+                header["pushed"] = True
+            if i + 1 < len(links):
+                nxt = links[i + 1]
+                header["push"] = {
+                    "peer": nxt.hop.peer_id,
+                    "addrs": list(nxt.hop.addrs),
+                    "seq": nxt.seq,
+                }
+            sent = link.channel.call(
+                header, rows if i == 0 else None, shape, track=i + 1 == len(links)
+            )
+            calls.append(asyncio.ensure_future(sent))
+        for call in calls:  # a caller that gives up leaves them to finish (the hops push)
+            call.add_done_callback(lambda c: c.cancelled() or c.exception())
+        inputs = rows
+        for i, link in enumerate(links):
+            try:
+                reply, output = await calls[i]
+                if reply.get("seq") != link.seq or output is None:
+                    raise WireError("bad_response", "the peer answered out of order")
+            except (WireError, OSError) as error:
+                # the hops after this one wait for rows that will not come: release them
+                for later in links[i + 1 :]:
+                    self._cancel_push(later)
+                await asyncio.gather(*calls[i + 1 :], return_exceptions=True)
+                if isinstance(error, WireError) and error.code == BAD_REQUEST:
+                    raise
+                return await self._chain(inputs, position, i)
+            link.inputs.record(inputs, position)
+            if i + 1 < len(links) and reply.get("pushed") is not True:
+                await self._push_rows(links[i + 1], position, output)
+            inputs = output
+        return inputs
+
+    def _side(self, link: _Link) -> PeerChannel:
+        channels = self.channels or channels_of(self.node)
+        return channels.side(link.hop.peer_id, link.hop.addrs)
+
+    async def _push_rows(self, link: _Link, position: int, rows: torch.Tensor) -> None:
+        """Send a pushed step's rows ourselves (its previous hop could not)."""
+        header = {
+            "type": "push",
+            "session": self.session_id,
+            "seq": link.seq,
+            "position": position,
+            "shape": [rows.shape[0], rows.shape[1]],
+        }
+        try:
+            await self._side(link).call(header, rows)
+        except (WireError, OSError) as error:
+            log.info("pushing to %s failed: %s", link.hop.peer_id[-8:], error)
+            self._cancel_push(link)  # its step then fails, and failover takes it from there
+
+    def _cancel_push(self, link: _Link) -> None:
+        header = {"type": "push", "session": self.session_id, "seq": link.seq, "cancel": True}
+        cancel = asyncio.ensure_future(self._side(link).call(header))
+        cancel.add_done_callback(lambda c: c.cancelled() or c.exception())
+
+    async def _chain(self, hidden: torch.Tensor, position: int, index: int) -> torch.Tensor:
+        """Send `hidden` through the links from `index` on, one after another, failing over."""
         while index < len(self._links):
             link = self._links[index]
             try:
@@ -227,7 +325,6 @@ class InferenceSession:
             link.inputs.record(hidden, position)
             hidden = output
             index += 1
-        self.length = position + hidden.shape[1]
         return hidden
 
     async def _fail_over(self, index: int, position: int) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from peer.pushes import PUSH_WAIT
 from swarm.head import Head
 from swarm.logs import quiet_third_party_logs
 from swarm.models import Weights, load_weights
@@ -92,9 +93,10 @@ async def swarm_greedy(
     prompt: list[int],
     steps: int,
     channels: Channels | None = None,
+    push: bool = True,
 ) -> list[int]:
     async with InferenceSession(
-        node, weights.model_hash, route, max_length=256, channels=channels
+        node, weights.model_hash, route, max_length=256, channels=channels, push=push
     ) as session:
         hidden = await session.step(head.embed(torch.tensor([prompt])))
         return await decode_greedy(session, head, hidden, steps)
@@ -174,6 +176,103 @@ def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
         run(main())
     finally:
         assert no_lanes.stop() == 0, no_lanes.output[-2000:]
+
+
+def test_steps_are_pushed_peer_to_peer_or_relayed_with_the_same_tokens(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """By default the first peer pushes each output straight to the second; a client that
+    does not push relays every output itself; behind a --no-push first peer the client sends
+    the rows the peer could not push. Every way gives the full model's tokens."""
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 12)
+    no_push = start_peer(
+        "--blocks",
+        "0:15",
+        "--no-push",
+        bootstrap=str(peers[0].ready["maddrs"][0]),  # type: ignore[index]
+    )
+
+    async def counters(node: P2PNode, proc: Proc) -> dict[str, int]:
+        return dict((await info(node, proc))["counters"])
+
+    by_id = {str(p.ready["peer_id"]): p for p in (*peers, no_push)}
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            for push, route, pushed_in in (
+                (True, hops(peers), 12),  # the prompt and 11 decode steps
+                (False, hops(peers), 0),
+                (True, hops([no_push, peers[1]]), 12),  # pushed by the client instead
+            ):
+                procs = [by_id[hop.peer_id] for hop in route]
+                before = [await counters(node, p) for p in procs]
+                got = await swarm_greedy(node, head, weights, route, prompt, 12, push=push)
+                assert got == expected
+                after = [await counters(node, p) for p in procs]
+                delta = {
+                    key: [a[key] - b[key] for a, b in zip(after, before, strict=True)]
+                    for key in ("pushes_in", "pushes_out", "push_failures")
+                }
+                relayed = procs[0] is no_push
+                assert delta["pushes_in"][1] == pushed_in, delta
+                assert delta["pushes_out"][0] == (0 if relayed or not push else pushed_in), delta
+                assert delta["push_failures"][0] == (pushed_in if relayed else 0), delta
+        finally:
+            await node.stop()
+
+    try:
+        run(main())
+    finally:
+        assert no_push.stop() == 0, no_push.output[-2000:]
+
+
+def test_a_first_hop_killed_mid_decode_releases_the_pushed_step_and_fails_over(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """SIGKILL of the first hop while the second waits for its push: the client cancels that
+    wait (long before the peer would give up on it), replays into a spare and the tokens stay
+    the full model's."""
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 16)
+    bootstrap = str(peers[0].ready["maddrs"][0])  # type: ignore[index]
+    doomed = start_peer("--blocks", "0:15", bootstrap=bootstrap)
+    spare = start_peer("--blocks", "0:15", bootstrap=bootstrap)
+    route = hops([doomed, peers[1]])
+
+    async def reroute(start: int, end: int, banned: frozenset[str]) -> list[Hop]:
+        assert (start, end) == (0, 15) and route[0].peer_id in banned
+        return hops([spare])
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            async with InferenceSession(
+                node, weights.model_hash, route, max_length=256, reroute=reroute
+            ) as session:
+                hidden = await session.step(head.embed(torch.tensor([prompt])))
+                tokens = [int(head.logits(hidden)[0, -1].argmax())]
+                while len(tokens) < 16:
+                    if len(tokens) == 6:
+                        doomed.kill()
+                    async with asyncio.timeout(PUSH_WAIT * 0.75):  # not stuck on the push
+                        hidden = await session.step(head.embed(torch.tensor([[tokens[-1]]])))
+                    tokens.append(int(head.logits(hidden)[0, -1].argmax()))
+                assert (
+                    session.failovers >= 1 and session.route[0].peer_id == hops([spare])[0].peer_id
+                )
+            assert tokens == expected
+        finally:
+            await node.stop()
+
+    try:
+        run(main())
+    finally:
+        doomed.stop()
+        assert spare.stop() == 0, spare.output[-2000:]
 
 
 def test_two_round_groups_pipeline_concurrent_sessions_with_exact_tokens(

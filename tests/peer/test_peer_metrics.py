@@ -20,7 +20,8 @@ class FakeState:
         counters = dict.fromkeys(
             ("steps", "forwards", "tokens_in", "sessions_opened", "sessions_resumed"), 0
         )
-        counters.update(steps=self.steps, busy_refusals=1)
+        counters.update(steps=self.steps, busy_refusals=1, pushes_in=4, pushes_out=0)
+        counters.update(push_failures=2)
         return {
             "peer_id": "12D3Koo",
             "model": "m",
@@ -66,6 +67,8 @@ def test_scrapes_read_the_state_now_and_the_hook_feeds_histograms() -> None:
     assert value(first, "swarmgate_peer_steps_total") == 3
     assert value(second, "swarmgate_peer_steps_total") == 8
     assert value(first, "swarmgate_peer_busy_refusals_total") == 1
+    assert value(first, "swarmgate_peer_pushes_in_total") == 4
+    assert value(first, "swarmgate_peer_push_failures_total") == 2
     assert value(first, "swarmgate_peer_cache_tokens_free") == 90
     assert value(first, "swarmgate_peer_sessions_kept") == 2
     assert value(first, "swarmgate_peer_info", model="m", start="0", end="4") == 1
