@@ -5,10 +5,12 @@ p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), ag
 model's `generate` in this process with the same number of threads (the baseline, measured in
 the same run). Prints a table; writes JSON to bench-out/decode.json.
 
-    python bench/decode.py [--peers 2 3] [--tokens 64] [--transports lanes libp2p]
+    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups push relay libp2p]
 
-`--transports` runs each swarm once per way of reaching the peers: `lanes` (the default:
-TCP + Noise beside libp2p, swarm/lanes.py) and `libp2p` (`--no-lanes`: py-libp2p streams).
+`--setups` runs each swarm once per way its hops talk: `push` (the default: lanes, TCP + Noise
+beside libp2p, swarm/lanes.py, and each peer pushing its output straight to the next),
+`relay` (`--no-push`: every output goes back through the gateway, as in session 5) and
+`libp2p` (`--no-lanes --no-push`: py-libp2p streams, as in session 4).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+SETUPS = {  # extra `up` flags of each setup
+    "push": [],
+    "relay": ["--no-push"],
+    "libp2p": ["--no-lanes", "--no-push"],
+}
 
 from bench.overhead import overhead  # noqa: E402
 from swarm.head import Head  # noqa: E402
@@ -113,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--transports", nargs="+", choices=["lanes", "libp2p"], default=["lanes"])
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["push"])
     args = parser.parse_args()
     quiet_third_party_logs()
     head = Head(load_weights(DEFAULT_MODEL))
@@ -130,12 +137,10 @@ def main() -> None:
             }
         )
     gateway: dict[str, dict[str, float]] = {}
-    for peers, transport in itertools.product(args.peers, args.transports):
-        setup = f"swarmgate up, {peers} peers" + (
-            f", {transport}" if len(args.transports) > 1 else ""
-        )
+    for peers, kind in itertools.product(args.peers, args.setups):
+        setup = f"swarmgate up, {peers} peers" + (f", {kind}" if len(args.setups) > 1 else "")
         print(f"starting {setup}...", flush=True)
-        flags = [] if transport == "lanes" else ["--no-lanes"]
+        flags = SETUPS[kind]
         proc = start(
             ["up", "--port", "0", "--peers", str(peers), "--peer-metrics", *flags],
             "GATEWAY_READY ",

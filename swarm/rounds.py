@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class _Op:
     rows: torch.Tensor | None  # rows sent with the op: a step's input [batch, n, h], a push's
     future: asyncio.Future[Reply]
     out_shape: tuple[int, ...] | None = None  # a step's output [batch, n, h]; None: no rows back
+    on_sent: Callable[[], None] | None = None  # called once the op is on the wire
 
     @property
     def positions(self) -> int:
@@ -122,13 +124,16 @@ class PeerChannel:
         rows: torch.Tensor | None = None,
         out_shape: tuple[int, ...] | None = None,
         track: bool = True,
+        on_sent: Callable[[], None] | None = None,
     ) -> Reply:
         """Send one op in the next round; its reply.
 
         A step sends its `rows[batch, n, h]` and gets as many back; a step whose rows the
         previous hop pushes (`pushed: true`) sends none and names its output's `out_shape`.
         `track`: the op tells where its session is (only the last hop of a pushed chain does,
-        the session being there until that hop answers).
+        the session being there until that hop answers). `on_sent` runs when the op's round
+        goes out (a pushed chain then sends the next hop's step, so that each hop's rounds
+        hold the sessions of one round of the hop before).
         """
         if self._closed:
             raise _tagged(WireError("closed", "the channel is closed"), self.peer_id)
@@ -137,7 +142,7 @@ class PeerChannel:
         step = header.get("type") == "step"
         if step and out_shape is None and rows is not None:
             out_shape = tuple(rows.shape)
-        self._pending.append(_Op(header, rows, future, out_shape if step else None))
+        self._pending.append(_Op(header, rows, future, out_shape if step else None, on_sent))
         sid = str(header.get("session"))
         self._last_arrival = loop.time()
         if step:
@@ -342,6 +347,8 @@ class PeerChannel:
         for op in ops:
             if op.is_step:
                 self.whereabouts.sent(str(op.header.get("session")), self, now)
+            if op.on_sent is not None:
+                op.on_sent()
         self.stats.rounds += 1
         self.stats.ops += len(ops)
         self.stats.widest = max(self.stats.widest, sum(op.is_step for op in ops))

@@ -235,8 +235,15 @@ class InferenceSession:
         shape = tuple(rows.shape)
         for link in links:
             link.seq += 1
-        calls: list[asyncio.Task[tuple[dict[str, Any], torch.Tensor | None]]] = []
-        for i, link in enumerate(links):
+        # a hop's step is queued once the hop before it has sent its own, so that each hop's
+        # rounds hold the sessions of one round of the hop before (else a round would wait
+        # for the pushes of two)
+        queued = [asyncio.Event() for _ in links]
+        queued[0].set()
+
+        async def send(i: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+            await queued[i].wait()
+            link = links[i]
             assert link.channel is not None
             header: dict[str, Any] = {
                 "type": "step",
@@ -247,17 +254,23 @@ class InferenceSession:
             }
             if i > 0:
                 header["pushed"] = True
-            if i + 1 < len(links):
+            last = i + 1 == len(links)
+            if not last:
                 nxt = links[i + 1]
                 header["push"] = {
                     "peer": nxt.hop.peer_id,
                     "addrs": list(nxt.hop.addrs),
                     "seq": nxt.seq,
                 }
-            sent = link.channel.call(
-                header, rows if i == 0 else None, shape, track=i + 1 == len(links)
+            return await link.channel.call(
+                header,
+                rows if i == 0 else None,
+                shape,
+                track=last,
+                on_sent=None if last else queued[i + 1].set,
             )
-            calls.append(asyncio.ensure_future(sent))
+
+        calls = [asyncio.ensure_future(send(i)) for i in range(len(links))]
         for call in calls:  # a caller that gives up leaves them to finish (the hops push)
             call.add_done_callback(lambda c: c.cancelled() or c.exception())
         inputs = rows
@@ -268,8 +281,11 @@ class InferenceSession:
                     raise WireError("bad_response", "the peer answered out of order")
             except (WireError, OSError) as error:
                 # the hops after this one wait for rows that will not come: release them
-                for later in links[i + 1 :]:
-                    self._cancel_push(later)
+                for j in range(i + 1, len(links)):
+                    if queued[j].is_set():
+                        self._cancel_push(links[j])
+                    else:
+                        calls[j].cancel()
                 await asyncio.gather(*calls[i + 1 :], return_exceptions=True)
                 if isinstance(error, WireError) and error.code == BAD_REQUEST:
                     raise
