@@ -46,15 +46,17 @@ def _rotary_tables(
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    dtype = x.dtype
-    x32 = x.to(torch.float32)
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    """The family's RMSNorm (in fp32, scaled after the cast back), as one fused norm."""
+    normed = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=eps)
+    return weight * normed.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of `x[..., d]`: x·cos + rotate_half(x)·sin, with rotate_half's sign
+    folded into `signed_sin` (its first half negated), so the halves only swap places."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + swapped * signed_sin
 
 
 class LlamaBlock(nn.Module):
@@ -108,12 +110,11 @@ class LlamaBlock(nn.Module):
         rows, n, _ = x.shape
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         qkv = self.qkv(_rms_norm(x, self.norm_in, self.eps))
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(rows, n, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(rows, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        keys[write_pages, write_offsets] = k.transpose(1, 2)
+        qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
+        # queries and keys rotate together: [rows, n, heads + kv_heads, d]
+        qk = _rotate(qk.view(rows, n, self.heads + self.kv_heads, self.head_dim), cos, sin)
+        q = qk[:, :, : self.heads].transpose(1, 2)
+        keys[write_pages, write_offsets] = qk[:, :, self.heads :]
         values[write_pages, write_offsets] = v.view(rows, n, self.kv_heads, self.head_dim)
         length = read_pages.shape[1] * keys.shape[1]
         past_k = keys[read_pages].view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -131,7 +132,7 @@ class LlamaSpanModule(nn.Module):
     """Layers [start, end) of a Llama-family model over a paged KV cache."""
 
     cos_table: torch.Tensor
-    sin_table: torch.Tensor
+    sin_table: torch.Tensor  # sin with its first half negated (see `_rotate`)
 
     def __init__(
         self,
@@ -151,8 +152,10 @@ class LlamaSpanModule(nn.Module):
         self.kv_heads, self.head_dim = first.kv_heads, first.head_dim
         self.max_positions = int(getattr(config, "max_position_embeddings", 8192))
         cos, sin = _rotary_tables(config, self.max_positions, dtype, device)
+        half = sin.shape[-1] // 2
+        signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
         self.register_buffer("cos_table", cos, persistent=False)
-        self.register_buffer("sin_table", sin, persistent=False)
+        self.register_buffer("sin_table", signed_sin, persistent=False)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, pool: PagePool
@@ -163,8 +166,8 @@ class LlamaSpanModule(nn.Module):
         every position ≤ its own. All tensors are on the span's device.
         """
         page_size = pool.page_size
-        cos = self.cos_table[positions].unsqueeze(1)  # [rows, 1, n, d]
-        sin = self.sin_table[positions].unsqueeze(1)
+        cos = self.cos_table[positions].unsqueeze(2)  # [rows, n, 1, d]
+        sin = self.sin_table[positions].unsqueeze(2)
         write_pages = table.gather(1, positions // page_size)
         write_offsets = positions % page_size
         length = table.shape[1] * page_size
