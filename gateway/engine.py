@@ -436,9 +436,16 @@ class Engine:
                     finished = True
                     yield deltas
                     return
-                yield deltas
+                # the next step goes through the swarm while these deltas stream out
                 next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
-                hidden = await self._step(model, live, next_ids)
+                step = asyncio.ensure_future(self._step(model, live, next_ids))
+                step.add_done_callback(lambda s: s.cancelled() or s.exception())
+                try:
+                    yield deltas
+                except BaseException:  # the consumer went away (or failed)
+                    step.cancel()
+                    raise
+                hidden = await step
             final = []
             for choice in choices:
                 if not choice.done:

@@ -25,10 +25,12 @@ def draw(params: SamplingParams, steps: int = 30, choice: int = 0, vocab: int = 
 
 
 def test_greedy_is_argmax() -> None:
-    sampler = Sampler(SamplingParams(temperature=0.0))
+    plain = Sampler(SamplingParams(temperature=0.0))
+    with_logprob = Sampler(SamplingParams(temperature=0.0, logprobs=True))
     for i in range(20):
         logits = logits_for(i)
-        out = sampler.sample(logits)
+        assert plain.sample(logits).token_id == int(torch.argmax(logits))
+        out = with_logprob.sample(logits)  # the logprob is computed only when asked for
         assert out.token_id == int(torch.argmax(logits))
         assert out.logprob == pytest.approx(
             float(torch.log_softmax(logits, 0)[out.token_id]), abs=1e-5
