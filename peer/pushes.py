@@ -6,8 +6,8 @@ rows will be pushed (`pushed: true`). The previous peer computes and sends its o
 here as a `push` op; this box pairs it with the waiting step, whichever of the two arrives
 first. A client whose previous hop failed cancels the wait (or pushes the rows itself).
 
-Bounds: at most `MAX_PUSHES` unpaired entries, each kept at most `PUSH_TTL` seconds; a step
-waits at most `PUSH_WAIT` seconds for its rows.
+Bounds: at most `MAX_PUSHES` unpaired entries holding at most `MAX_PUSH_BYTES` of rows, each
+kept at most `PUSH_TTL` seconds; a step waits at most `PUSH_WAIT` seconds for its rows.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from swarm.wire import BAD_REQUEST, BUSY, WireError
 log = logging.getLogger("swarmgate.push")
 
 MAX_PUSHES = 4096
+MAX_PUSH_BYTES = 512 << 20  # rows delivered and not yet taken
 PUSH_TTL = 60.0  # seconds an unpaired push or wait is kept
 PUSH_WAIT = 60.0  # seconds a pushed step waits for its rows (the previous hop computes meanwhile)
 CANCELLED = "cancelled"
@@ -38,6 +39,7 @@ class _Entry:
     shape: tuple[int, int]
     rows: asyncio.Future[tuple[torch.Tensor, bool]]  # (rows [batch, n, h], known finite)
     since: float = field(default_factory=time.monotonic)
+    nbytes: int = 0  # of the delivered rows, until taken
 
 
 @dataclass
@@ -45,12 +47,19 @@ class PushBox:
     """Pushed rows keyed by (session, seq): delivered by the previous hop, taken by the step."""
 
     entries: dict[tuple[str, int], _Entry] = field(default_factory=dict)
+    held_bytes: int = 0  # of rows delivered and not taken yet
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None and entry.nbytes:
+            self.held_bytes -= entry.nbytes
+            entry.nbytes = 0
 
     def _prune(self) -> None:
         now = time.monotonic()
         for key, entry in list(self.entries.items()):
             if now - entry.since > PUSH_TTL:
-                del self.entries[key]
+                self._drop(key)
                 if not entry.rows.done():
                     entry.rows.set_exception(WireError(CANCELLED, "the pushed rows never came"))
 
@@ -70,14 +79,24 @@ class PushBox:
 
     def deliver(self, sid: str, seq: int, position: int, rows: torch.Tensor, finite: bool) -> None:
         """The previous hop's output for step `seq` of `sid` (rows[batch, n, h])."""
+        nbytes = rows.numel() * rows.element_size()
+        if self.held_bytes + nbytes > MAX_PUSH_BYTES:
+            self._prune()
+            if self.held_bytes + nbytes > MAX_PUSH_BYTES:
+                raise WireError(BUSY, "too many pushed rows are waiting for their steps")
         entry = self._entry(sid, seq, position, (rows.shape[0], rows.shape[1]))
         if entry.rows.done():
             raise WireError(BAD_REQUEST, "this step's rows were already pushed or cancelled")
         entry.rows.set_result((rows, finite))
+        entry.nbytes = nbytes
+        self.held_bytes += nbytes
 
     def cancel(self, sid: str, seq: int) -> None:
         """The client gave up on step `seq` of `sid`: a waiting step fails, a late push too."""
         entry = self.entries.get((sid, seq))
+        if entry is not None and entry.rows.done():
+            self._drop((sid, seq))  # delivered rows nobody may take now: free them
+            entry = None
         if entry is None:
             self._prune()
             if len(self.entries) >= MAX_PUSHES:
@@ -99,7 +118,7 @@ class PushBox:
         except TimeoutError:
             raise WireError(CANCELLED, f"no pushed rows in {PUSH_WAIT:.0f} s") from None
         finally:
-            self.entries.pop((sid, seq), None)
+            self._drop((sid, seq))
         return rows
 
 

@@ -244,10 +244,8 @@ class RoundServer:
         if op.header.get("cancel") is True:
             state.pushes.cancel(sid, seq)
             return {"type": "pushed", "session": sid, "seq": seq}
-        session = state.sessions.sessions.get(sid)
-        if session is None:
-            raise WireError(NOT_FOUND, "no such session at this peer")
-        position = field_int(op.header, "position", 0, session.max_length)
+        # the session may not be open yet (its open can be on its way, in the client's round)
+        position = field_int(op.header, "position", 0, state.max_length)
         assert op.rows is not None
         state.pushes.deliver(sid, seq, position, op.rows, op.finite)
         return {"type": "pushed", "session": sid, "seq": seq}

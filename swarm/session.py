@@ -140,33 +140,43 @@ class InferenceSession:
         """Open the session and send its first step: `hidden[batch, n, h]` at `position`.
 
         Each hop gets its open and its step in one round (one round trip per hop instead of
-        an open round trip before the chain's steps). `resume` re-attaches the caches the
-        peers kept for this session id and keeps their first `position` positions. On any
-        failure the hops opened so far are closed and the error is raised (no failover: the
-        caller picks another chain).
+        an open round trip before the chain's steps), pushed from hop to hop like `step`'s.
+        `resume` re-attaches the caches the peers kept for this session id and keeps their
+        first `position` positions. On any failure the hops opened so far are closed and the
+        error is raised (no failover: the caller picks another chain).
         """
         self._links = []
         keep = self.keep_alive if resume else 0.0
         try:
-            for hop in self.route:
-                link = self._attach(hop)
-                self._links.append(link)
-                opened, output = await asyncio.gather(
-                    self._open_link(link, resume),
-                    self._step_link(link, hidden, position),
-                    return_exceptions=True,
-                )
-                for outcome in (opened, output):  # the open's error explains the step's
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                assert isinstance(output, torch.Tensor)
-                link.inputs.record(hidden, position)
-                hidden = output
+            if self.push and len(self.route) > 1:
+                self._links = [self._attach(hop) for hop in self.route]
+                hidden = await self._pushed_step(hidden, position, opening=True, resume=resume)
+            else:
+                hidden = await self._start_hop_by_hop(hidden, position, resume)
         except BaseException:
             await self.close(keep_alive=keep)
             raise
         self.resumed_length = position if resume else 0
         self.length = position + hidden.shape[1]
+        return hidden
+
+    async def _start_hop_by_hop(
+        self, hidden: torch.Tensor, position: int, resume: bool
+    ) -> torch.Tensor:
+        for hop in self.route:
+            link = self._attach(hop)
+            self._links.append(link)
+            opened, output = await asyncio.gather(
+                self._open_link(link, resume),
+                self._step_link(link, hidden, position),
+                return_exceptions=True,
+            )
+            for outcome in (opened, output):  # the open's error explains the step's
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(output, torch.Tensor)
+            link.inputs.record(hidden, position)
+            hidden = output
         return hidden
 
     def _attach(self, hop: Hop) -> _Link:
@@ -220,7 +230,9 @@ class InferenceSession:
         self.length = position + hidden.shape[1]
         return hidden
 
-    async def _pushed_step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
+    async def _pushed_step(
+        self, hidden: torch.Tensor, position: int, opening: bool = False, resume: bool = False
+    ) -> torch.Tensor:
         """One step sent to every hop at once, each hop pushing its output to the next.
 
         The first hop gets the rows; each later hop's step waits at its peer for the rows the
@@ -229,6 +241,9 @@ class InferenceSession:
         hop's input history for failover, and says whether its push got there; where it did
         not, this client sends the rows itself (on the peer's side channel). When a hop fails,
         the steps waiting after it are cancelled and the chain goes on hop by hop from there.
+
+        `opening` (from `start`): each hop's open goes in the same round as its step, and a
+        failure is raised (after the same cancelling) instead of failed over.
         """
         links = list(self._links)
         rows = hidden.to(self.transport_dtype).contiguous()
@@ -262,13 +277,24 @@ class InferenceSession:
                     "addrs": list(nxt.hop.addrs),
                     "seq": nxt.seq,
                 }
-            return await link.channel.call(
+            stepped = link.channel.call(
                 header,
                 rows if i == 0 else None,
                 shape,
                 track=last,
                 on_sent=None if last else queued[i + 1].set,
             )
+            if not opening:
+                return await stepped
+            # the open is queued right before the step: the same round carries both
+            opened, result = await asyncio.gather(
+                self._open_link(link, resume), stepped, return_exceptions=True
+            )
+            for outcome in (opened, result):  # the open's error explains the step's
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(result, tuple)
+            return result
 
         calls = [asyncio.ensure_future(send(i)) for i in range(len(links))]
         for call in calls:  # a caller that gives up leaves them to finish (the hops push)
@@ -280,14 +306,14 @@ class InferenceSession:
                 if reply.get("seq") != link.seq or output is None:
                     raise WireError("bad_response", "the peer answered out of order")
             except (WireError, OSError) as error:
-                # the hops after this one wait for rows that will not come: release them
-                for j in range(i + 1, len(links)):
+                # the hops from here on wait for (or hold) rows that will not be used: release
+                for j in range(max(i, 1), len(links)):
                     if queued[j].is_set():
                         self._cancel_push(links[j])
                     else:
                         calls[j].cancel()
                 await asyncio.gather(*calls[i + 1 :], return_exceptions=True)
-                if isinstance(error, WireError) and error.code == BAD_REQUEST:
+                if opening or (isinstance(error, WireError) and error.code == BAD_REQUEST):
                     raise
                 return await self._chain(inputs, position, i)
             link.inputs.record(inputs, position)

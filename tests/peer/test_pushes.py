@@ -89,3 +89,29 @@ def test_the_box_is_bounded_and_waits_end(monkeypatch: pytest.MonkeyPatch) -> No
         assert box.entries == {}
 
     asyncio.run(main())
+
+
+def test_rows_wait_for_a_session_not_open_yet_within_a_byte_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A push may overtake its session's open; what waits is bounded in bytes, and a cancel
+    frees delivered rows at once (a later step fails fast instead of waiting)."""
+    monkeypatch.setattr(pushes, "MAX_PUSH_BYTES", 3 * 8 * 4)  # three rows of 8 fp32
+
+    async def main() -> None:
+        box = PushBox()
+        for seq in range(3):
+            box.deliver("new", seq, 0, rows(), True)
+        assert box.held_bytes == 3 * 8 * 4
+        with pytest.raises(WireError) as full:
+            box.deliver("new", 3, 0, rows(), True)
+        assert full.value.code == BUSY
+        await box.take("new", 0, 0, (1, 1))
+        box.cancel("new", 1)
+        assert box.held_bytes == 8 * 4
+        with pytest.raises(WireError) as cancelled:
+            await box.take("new", 1, 0, (1, 1))
+        assert cancelled.value.code == CANCELLED
+        box.deliver("new", 3, 0, rows(), True)  # room again
+
+    asyncio.run(main())
