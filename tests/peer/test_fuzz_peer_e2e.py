@@ -123,12 +123,24 @@ def payloads(draw: st.DrawFn, hidden: int) -> bytes:
     if kind == "bad_round":
         op = st.fixed_dictionaries(
             {
-                "type": st.sampled_from(["open", "step", "close", "forward", 3]),
+                "type": st.sampled_from(["open", "step", "close", "push", "forward", 3]),
                 "session": st.one_of(st.text(max_size=4), st.integers(), st.just("s" * 16)),
                 "position": st.integers(-3, 70),
                 "shape": st.one_of(plain_values(), st.lists(st.integers(-1, 3), max_size=3)),
             },
-            optional={"model": plain_values(), "batch": plain_values(), "seq": plain_values()},
+            optional={
+                "model": plain_values(),
+                "batch": plain_values(),
+                "seq": plain_values(),
+                "pushed": st.one_of(st.just(True), plain_values()),  # rows from the hop before
+                "push": st.one_of(  # a next hop to push to
+                    plain_values(),
+                    st.fixed_dictionaries(
+                        {"peer": plain_values(), "addrs": plain_values(), "seq": plain_values()}
+                    ),
+                ),
+                "cancel": st.one_of(st.just(True), plain_values()),
+            },
         )
         header = {"type": "round", "ops": draw(st.lists(op, max_size=5))}
         shape = [draw(st.integers(0, 9)), draw(st.sampled_from([hidden, hidden - 1, 7]))]
