@@ -31,6 +31,7 @@ from swarm.p2p import P2PNode
 from swarm.rounds import Channels
 from swarm.session import HistoryLostError, Hop, InferenceSession, SessionFailedError
 from swarm.swarm_view import ModelView, PeerView, SwarmView
+from swarm.threads import compute_thread
 from swarm.wire import BAD_REQUEST, BUSY, WireError
 
 log = logging.getLogger("swarmgate.gateway")
@@ -151,7 +152,10 @@ class Engine:
         self.prefix_hits = 0
         self.store_errors = 0
         self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
-        self._head_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="head")
+        # the head computes on its own thread, with all of torch's threads (swarm.threads)
+        self._head_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="head", initializer=compute_thread
+        )
         self._head_batchers: dict[str, HeadBatcher] = {}
         # one stream per peer, shared by every session; a round waits up to `round_window`
         # for the steps of the other generations decoding through that peer; a lane where the

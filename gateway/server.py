@@ -28,6 +28,7 @@ from swarm.models.registry import find_entry
 from swarm.p2p import P2PNode
 from swarm.records import register_validators
 from swarm.swarm_view import SwarmView
+from swarm.threads import glue_thread
 
 log = logging.getLogger("swarmgate.gateway")
 
@@ -79,6 +80,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         await loop.run_in_executor(None, load_served_model, name, config.device)
         for name in config.models
     ]
+    glue_thread()  # this loop's thread moves data; the head computes on its own (swarm.threads)
     node = P2PNode(dht_mode="client", bootstrap=config.bootstrap)
     register_validators(node)
     await node.start()

@@ -19,6 +19,7 @@ import torch
 
 from peer.sessions import Session
 from swarm.blocks import Span
+from swarm.threads import compute_thread
 
 
 @dataclass
@@ -74,7 +75,7 @@ class StepScheduler:
         # one compute thread: the given executor (shared, not ours to stop) or our own
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="span"
+            1, thread_name_prefix="span", initializer=compute_thread
         )
         self._worker: asyncio.Task[None] | None = None
 

@@ -4,7 +4,8 @@ Measured on our CPU machines (torch 2.13, MKL, 2 cores): a decode step of 15 Smo
 takes 12-14 ms on the main thread and 21-25 ms on a helper thread, or when the span was built
 on a different helper thread than the one computing; no OpenMP/MKL/malloc setting changed it.
 So a process that computes (a peer) keeps its main thread for compute and builds its span
-there: `run_async_with_compute` starts the asyncio program in a helper thread and
+there: `run_async_with_compute` starts the asyncio program in a helper thread (torch on one
+thread there, `swarm.threads`: the 21-25 ms above was OpenMP teams of other threads) and
 hands it a `MainThreadExecutor`; the main thread runs the submitted work in order until the
 program ends. SIGINT/SIGTERM, which Python delivers only to the main thread, are forwarded to
 the program through the `on_signal` callback it registers.
@@ -19,6 +20,8 @@ import signal
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from swarm.threads import glue_thread
 
 T = TypeVar("T")
 
@@ -83,6 +86,7 @@ def run_async_with_compute(
     outcome: dict[str, Any] = {}
 
     def body() -> None:
+        glue_thread()  # the compute is this process's main thread's alone (swarm.threads)
         try:
             outcome["code"] = asyncio.run(program(executor))
         except BaseException as error:

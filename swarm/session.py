@@ -297,12 +297,25 @@ class InferenceSession:
             return result
 
         calls = [asyncio.ensure_future(send(i)) for i in range(len(links))]
-        for call in calls:  # a caller that gives up leaves them to finish (the hops push)
+        for call in calls:
             call.add_done_callback(lambda c: c.cancelled() or c.exception())
+        return await self._pushed_replies(links, calls, queued, rows, position, opening)
+
+    async def _pushed_replies(
+        self,
+        links: list[_Link],
+        calls: Sequence[asyncio.Future[tuple[dict[str, Any], torch.Tensor | None]]],
+        queued: list[asyncio.Event],
+        rows: torch.Tensor,
+        position: int,
+        opening: bool,
+    ) -> torch.Tensor:
+        """Each hop's answer in chain order: its output is the next hop's input history."""
         inputs = rows
         for i, link in enumerate(links):
             try:
-                reply, output = await calls[i]
+                # shielded: a caller that gives up leaves the hops' steps to finish (they push)
+                reply, output = await asyncio.shield(calls[i])
                 if reply.get("seq") != link.seq or output is None:
                     raise WireError("bad_response", "the peer answered out of order")
             except (WireError, OSError) as error:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import trio
 
 from swarm.p2p.errors import NodeStoppedError, P2PError
+from swarm.threads import glue_thread
 from swarm.wire import WireError
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class TrioThread:
         body: Callable[[], AbstractAsyncContextManager[None]],
         ready: concurrent.futures.Future[None],
     ) -> None:
+        glue_thread()  # frames pass through here: never an OpenMP team of its own
         try:
             trio.run(self._trio_main, body, ready)
         except BaseException as e:
