@@ -5,12 +5,12 @@ p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), ag
 model's `generate` in this process with the same number of threads (the baseline, measured in
 the same run). Prints a table; writes JSON to bench-out/decode.json.
 
-    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups push relay libp2p]
+    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups relay push libp2p]
 
-`--setups` runs each swarm once per way its hops talk: `push` (the default: lanes, TCP + Noise
-beside libp2p, swarm/lanes.py, and each peer pushing its output straight to the next),
-`relay` (`--no-push`: every output goes back through the gateway, as in session 5) and
-`libp2p` (`--no-lanes --no-push`: py-libp2p streams, as in session 4).
+`--setups` runs each swarm once per way its hops talk: `relay` (the default: lanes, TCP + Noise
+beside libp2p, swarm/lanes.py, every output back through the gateway), `push` (`--push`: each
+peer sends its output straight to the next) and `libp2p` (`--no-lanes`: py-libp2p streams, as
+in session 4).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SETUPS = {  # extra `up` flags of each setup
-    "push": [],
-    "relay": ["--no-push"],
-    "libp2p": ["--no-lanes", "--no-push"],
+    "relay": [],
+    "push": ["--push"],
+    "libp2p": ["--no-lanes"],
 }
 
 from bench.overhead import overhead  # noqa: E402
@@ -53,27 +53,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def baseline(prompt_ids: list[int], tokens: int) -> dict[str, float]:
+def baseline(prompt_ids: list[int], tokens: int, runs: int = 3) -> dict[str, float]:
+    """`generate`'s figures: the run of median tok/s out of `runs` (one stall on this shared VM
+    would otherwise move every ratio of the table)."""
     weights = load_weights(DEFAULT_MODEL)
     model = build_full_model(weights)
     ids = torch.tensor([prompt_ids])
-    stamps: list[float] = []
-
-    class Clock:
-        def put(self, _value: Any) -> None:
-            stamps.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
+    results = []
     with torch.inference_mode():
         model.generate(ids[:, :8], max_new_tokens=2, do_sample=False)  # warm-up
-        started = time.perf_counter()
-        model.generate(
-            ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=Clock()
-        )
-    stamps = stamps[1:]  # the streamer first receives the prompt
-    return summarize(started, stamps)
+        for _ in range(runs):
+            stamps: list[float] = []
+
+            class Clock:
+                def put(self, _value: Any, stamps: list[float] = stamps) -> None:
+                    stamps.append(time.perf_counter())
+
+                def end(self) -> None:
+                    pass
+
+            started = time.perf_counter()
+            model.generate(
+                ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, streamer=Clock()
+            )
+            results.append(summarize(started, stamps[1:]))  # the streamer first gets the prompt
+    return sorted(results, key=lambda r: r["tok_s"])[len(results) // 2]
 
 
 def summarize(started: float, stamps: list[float]) -> dict[str, float]:
@@ -120,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peers", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["push"])
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["relay"])
     args = parser.parse_args()
     quiet_third_party_logs()
     head = Head(load_weights(DEFAULT_MODEL))

@@ -39,10 +39,10 @@ from tests.procs import Proc, start  # noqa: E402
 
 MODEL = "random:llama-3-8b"
 SETUPS = {  # extra `up` flags of each setup
-    "default": [],  # lanes, peer-to-peer push, two pipelined micro-batches
-    "relay": ["--no-push"],  # every output back through the gateway (session 5's default)
-    "one-group": ["--round-groups", "1"],  # push, every generation in one round
-    "libp2p": ["--no-lanes", "--no-push", "--round-groups", "1"],  # as of session 4
+    "default": [],  # lanes, two pipelined micro-batches, outputs relayed by the gateway
+    "push": ["--push"],  # peer-to-peer push
+    "one-group": ["--round-groups", "1"],  # every generation in one round
+    "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 

@@ -78,10 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="talk to peers over libp2p streams only (no TCP + Noise lanes beside libp2p)",
     )
     parser.add_argument(
-        "--no-push",
-        dest="push",
-        action="store_false",
-        help="relay every hop's output through the gateway (no peer-to-peer push)",
+        "--push",
+        action="store_true",
+        help="peer-to-peer push: each peer sends its output straight to the next peer of the "
+        "chain instead of back through the gateway (for a gateway far from its peers)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -135,7 +135,7 @@ class Engine:
         round_window: float = 0.005,
         lanes: bool = True,
         round_groups: int = 1,
-        push: bool = True,
+        push: bool = False,
     ) -> None:
         self.node = node
         self.push = push  # decode steps pushed peer to peer (swarm.session)

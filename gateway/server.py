@@ -52,7 +52,7 @@ class GatewayConfig:
     round_window: float = 0.005
     lanes: bool = True  # sessions over lanes (TCP + Noise beside libp2p) where peers offer them
     round_groups: int = 1  # pipelined micro-batches the generations decoding together form
-    push: bool = True  # peers push each hop's output straight to the next hop
+    push: bool = False  # peers push each hop's output straight to the next hop
 
 
 def load_served_model(name: str, device: str = "cpu") -> ServedModel:

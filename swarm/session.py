@@ -108,7 +108,7 @@ class InferenceSession:
     failovers: int = 0
     banned: set[str] = field(default_factory=set)
     channels: Channels | None = None  # default: the node's shared channels
-    push: bool = True  # decode steps go to every hop at once, each hop pushing to the next
+    push: bool = False  # steps go to every hop at once, each hop pushing to the next
     _links: list[_Link] = field(default_factory=list)
 
     async def open(self, resume: bool = False) -> None:

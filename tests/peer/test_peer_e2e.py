@@ -93,7 +93,7 @@ async def swarm_greedy(
     prompt: list[int],
     steps: int,
     channels: Channels | None = None,
-    push: bool = True,
+    push: bool = False,
 ) -> list[int]:
     async with InferenceSession(
         node, weights.model_hash, route, max_length=256, channels=channels, push=push
@@ -181,7 +181,7 @@ def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
 def test_steps_are_pushed_peer_to_peer_or_relayed_with_the_same_tokens(
     peers: list[Proc], weights: Weights
 ) -> None:
-    """By default the first peer pushes each output straight to the second; a client that
+    """With push the first peer sends each output straight to the second; a client that
     does not push relays every output itself; behind a --no-push first peer the client sends
     the rows the peer could not push. Every way gives the full model's tokens."""
     head = Head(weights)
@@ -251,7 +251,7 @@ def test_a_first_hop_killed_mid_decode_releases_the_pushed_step_and_fails_over(
         node = await client(peers)
         try:
             async with InferenceSession(
-                node, weights.model_hash, route, max_length=256, reroute=reroute
+                node, weights.model_hash, route, max_length=256, reroute=reroute, push=True
             ) as session:
                 hidden = await session.step(head.embed(torch.tensor([prompt])))
                 tokens = [int(head.logits(hidden)[0, -1].argmax())]
@@ -313,30 +313,37 @@ def test_start_sends_each_hop_its_open_and_first_step_in_one_round(
 
     async def main() -> None:
         node = await client(peers)
-        try:
-            channels = channels_of(node)
-            session = InferenceSession(node, weights.model_hash, hops(peers), max_length=64)
-            rounds = channels.stats.rounds
-            hidden = await session.start(head.embed(torch.tensor([prompt])))
-            assert channels.stats.rounds - rounds == 2  # [open, step] per hop, hop after hop
-            assert session.length == len(prompt)
-            assert await decode_greedy(session, head, hidden, 8) == expected
-            session.close_soon()  # not awaited: goes with the channels' next round
 
-            async def open_sessions() -> list[int]:
-                return [int((await info(node, p))["sessions"]) for p in peers]
+        async def open_sessions() -> list[int]:
+            return [int((await info(node, p))["sessions"]) for p in peers]
 
+        async def none_open() -> None:
             for _ in range(100):
                 if await open_sessions() == [0, 0]:
                     break
                 await asyncio.sleep(0.05)
             assert await open_sessions() == [0, 0]
-            # a hop that refuses the open fails the start and leaves nothing open anywhere
-            bad = [hops(peers)[0], Hop(hops(peers)[1].peer_id, 15, 29, hops(peers)[1].addrs)]
-            failing = InferenceSession(node, weights.model_hash, bad, max_length=64)
-            with pytest.raises(WireError):
-                await failing.start(head.embed(torch.tensor([prompt])))
-            assert await open_sessions() == [0, 0]
+
+        try:
+            channels = channels_of(node)
+            for push in (False, True):  # hop after hop, or pushed from hop to hop
+                route = hops(peers)
+                session = InferenceSession(
+                    node, weights.model_hash, route, max_length=64, push=push
+                )
+                rounds = channels.stats.rounds
+                hidden = await session.start(head.embed(torch.tensor([prompt])))
+                assert channels.stats.rounds - rounds == 2  # [open, step] per hop
+                assert session.length == len(prompt)
+                assert await decode_greedy(session, head, hidden, 8) == expected
+                session.close_soon()  # not awaited: goes with the channels' next round
+                await none_open()
+                # a hop that refuses the open fails the start and leaves nothing open anywhere
+                bad = [route[0], Hop(route[1].peer_id, 15, 29, route[1].addrs)]
+                failing = InferenceSession(node, weights.model_hash, bad, max_length=64, push=push)
+                with pytest.raises(WireError):
+                    await failing.start(head.embed(torch.tensor([prompt])))
+                await none_open()
         finally:
             await node.stop()
 
