@@ -202,17 +202,21 @@ class InferenceSession:
         length = reply.get("length", 0)
         return length if isinstance(length, int) else 0
 
+    def _op(self, kind: str, link: _Link, position: int, shape: Sequence[int]) -> dict[str, Any]:
+        """A `step` or `push` op of step `link.seq` at `position`, rows [batch, n, h]."""
+        return {
+            "type": kind,
+            "session": self.session_id,
+            "seq": link.seq,
+            "position": position,
+            "shape": [shape[0], shape[1]],
+        }
+
     async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
         assert link.channel is not None
         link.seq += 1
         rows = hidden.to(self.transport_dtype).contiguous()
-        header = {
-            "type": "step",
-            "session": self.session_id,
-            "seq": link.seq,
-            "position": position,
-            "shape": [rows.shape[0], rows.shape[1]],
-        }
+        header = self._op("step", link, position, rows.shape)
         reply, output = await link.channel.call(header, rows)
         if reply.get("seq") != link.seq or output is None:
             raise WireError("bad_response", "the peer answered out of order")
@@ -260,13 +264,7 @@ class InferenceSession:
             await queued[i].wait()
             link = links[i]
             assert link.channel is not None
-            header: dict[str, Any] = {
-                "type": "step",
-                "session": self.session_id,
-                "seq": link.seq,
-                "position": position,
-                "shape": [shape[0], shape[1]],
-            }
+            header = self._op("step", link, position, shape)
             if i > 0:
                 header["pushed"] = True
             last = i + 1 == len(links)
@@ -341,13 +339,7 @@ class InferenceSession:
 
     async def _push_rows(self, link: _Link, position: int, rows: torch.Tensor) -> None:
         """Send a pushed step's rows ourselves (its previous hop could not)."""
-        header = {
-            "type": "push",
-            "session": self.session_id,
-            "seq": link.seq,
-            "position": position,
-            "shape": [rows.shape[0], rows.shape[1]],
-        }
+        header = self._op("push", link, position, rows.shape)
         try:
             await self._side(link).call(header, rows)
         except (WireError, OSError) as error:

@@ -211,7 +211,7 @@ def test_client_disconnect_frees_peer_sessions(swarm: Swarm) -> None:
 def test_sigkill_of_a_serving_peer_mid_stream_keeps_the_stream_exact(
     swarm: Swarm, round_: int
 ) -> None:
-    gateway = swarm.gateway()
+    gateway = swarm.gateway(*(["--push"] if round_ else []))  # relayed, then pushed
     client = client_for(gateway)
     ask = {
         "model": "smollm2",
