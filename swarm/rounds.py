@@ -1,7 +1,8 @@
 """The client side of `/swarmgate/sessions/1`: one stream per peer for all of a client's sessions.
 
-`Channels` holds one `PeerChannel` per peer. Sessions submit their operations (open, step,
-close) to the channel of each hop; the channel sends everything waiting as one round frame as
+`Channels` holds one `PeerChannel` per peer (and, for pushed steps, a side channel: see
+`swarm.session`). Sessions submit their operations (open, step, close, push) to the channel of
+each hop; the channel sends everything waiting as one round frame as
 soon as the previous round has been answered. So concurrent sessions that go through the same
 peer share one frame per token, and the peer runs their steps as one batched forward, without
 anyone waiting on purpose. A stream is opened once and reused by every later request (no
