@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from swarm.p2p import P2PError
-from swarm.protocol import PushTarget
+from swarm.protocol import PushTarget, op_header
 from swarm.rounds import Channels
 from swarm.wire import BAD_REQUEST, BUSY, WireError
 
@@ -132,13 +132,7 @@ class Pusher:
         self, target: PushTarget, session: str, position: int, rows: torch.Tensor
     ) -> bool:
         """Send `rows[batch, n, h]` as step `target.seq` of `session`; did it get there?"""
-        header = {
-            "type": "push",
-            "session": session,
-            "seq": target.seq,
-            "position": position,
-            "shape": [rows.shape[0], rows.shape[1]],
-        }
+        header = op_header("push", session, target.seq, position, rows.shape)
         try:
             await self.channels.get(target.peer, target.addrs).call(header, rows)
         except (WireError, P2PError, OSError) as error:

@@ -31,6 +31,7 @@ Errors are error frames `{type: error, code, message}` (codes in `swarm.wire`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -94,6 +95,20 @@ def check_hidden(
     if not finite and not torch.isfinite(hidden).all():
         raise WireError(BAD_REQUEST, "hidden states contain NaN or infinity")
     return hidden
+
+
+def op_header(
+    kind: str, session: str, seq: int, position: int, shape: Sequence[int]
+) -> dict[str, Any]:
+    """A `step` or `push` op of a sessions round: step `seq` of `session` at `position`, with
+    rows `[batch, n, h]` of `shape` (a pushed step's come from the hop before)."""
+    return {
+        "type": kind,
+        "session": session,
+        "seq": seq,
+        "position": position,
+        "shape": [shape[0], shape[1]],
+    }
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ positions so far, trimmed on rollback), so when a peer fails mid-generation the 
 `reroute` callback for replacement hops covering the failed hop's blocks, replays that history
 into them to rebuild their caches, and carries on: the caller sees no break.
 
-A step through two or more hops is pushed (`push`, the default): it goes to every hop at once
-and each peer sends its output straight to the next one (`peer.pushes`), while still answering
-this client with it, so the input history stays whole.
+With `push` (off by default) a step through two or more hops goes to every hop at once and each
+peer sends its output straight to the next one (`peer.pushes`), while still answering this
+client with it, so the input history stays whole.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from swarm.p2p import P2PError, P2PNode
+from swarm.protocol import op_header
 from swarm.rounds import Channels, PeerChannel, channels_of
 from swarm.wire import BAD_REQUEST, WireError
 
 log = logging.getLogger("swarmgate.session")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -166,15 +168,7 @@ class InferenceSession:
         for hop in self.route:
             link = self._attach(hop)
             self._links.append(link)
-            opened, output = await asyncio.gather(
-                self._open_link(link, resume),
-                self._step_link(link, hidden, position),
-                return_exceptions=True,
-            )
-            for outcome in (opened, output):  # the open's error explains the step's
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            assert isinstance(output, torch.Tensor)
+            output = await self._opened_with(link, resume, self._step_link(link, hidden, position))
             link.inputs.record(hidden, position)
             hidden = output
         return hidden
@@ -202,15 +196,19 @@ class InferenceSession:
         length = reply.get("length", 0)
         return length if isinstance(length, int) else 0
 
+    async def _opened_with(self, link: _Link, resume: bool, step: Awaitable[T]) -> T:
+        """Open `link` and run `step` together (the open queued first: one round carries
+        both); the step's result, or the open's error, which explains the step's."""
+        opened, result = await asyncio.gather(
+            self._open_link(link, resume), step, return_exceptions=True
+        )
+        for outcome in (opened, result):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return result  # type: ignore[return-value]  # not an exception: checked above
+
     def _op(self, kind: str, link: _Link, position: int, shape: Sequence[int]) -> dict[str, Any]:
-        """A `step` or `push` op of step `link.seq` at `position`, rows [batch, n, h]."""
-        return {
-            "type": kind,
-            "session": self.session_id,
-            "seq": link.seq,
-            "position": position,
-            "shape": [shape[0], shape[1]],
-        }
+        return op_header(kind, self.session_id, link.seq, position, shape)
 
     async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
         assert link.channel is not None
@@ -282,17 +280,7 @@ class InferenceSession:
                 track=last,
                 on_sent=None if last else queued[i + 1].set,
             )
-            if not opening:
-                return await stepped
-            # the open is queued right before the step: the same round carries both
-            opened, result = await asyncio.gather(
-                self._open_link(link, resume), stepped, return_exceptions=True
-            )
-            for outcome in (opened, result):  # the open's error explains the step's
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            assert isinstance(result, tuple)
-            return result
+            return await (self._opened_with(link, resume, stepped) if opening else stepped)
 
         calls = [asyncio.ensure_future(send(i)) for i in range(len(links))]
         for call in calls:
