@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import errors
 from gateway.access import AccessLog, access_record
+from gateway.auth import RequireApiKey
 from gateway.dashboard import dashboard_router
 from gateway.engine import ChoiceDelta, Engine, NoRouteError, ServedModel, Usage
 from gateway.keys import KeyGuard, KeyInfo
@@ -60,20 +61,7 @@ def create_app(
     swarm_map = SwarmMap(engine)
     app.include_router(dashboard_router(swarm_map, guard))  # `/` and `/dashboard/*`: no key
 
-    @app.middleware("http")
-    async def require_api_key(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """`/v1/*` needs `Authorization: Bearer <key>` when keys are configured."""
-        request.state.key = None
-        if request.url.path.startswith("/v1") and await guard.required():
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            info = await guard.lookup(given.strip()) if scheme.lower() == "bearer" else None
-            if info is None:
-                return errors.authentication_error().to_response()
-            request.state.key = info
-        return await call_next(request)
-
+    app.add_middleware(RequireApiKey, guard=guard)
     metrics: GatewayMetrics = getattr(engine, "metrics", None) or GatewayMetrics()
     app.add_middleware(AccessLog, on_done=metrics.request_done)  # outermost: sees every request
 

@@ -419,7 +419,7 @@ class Engine:
         batcher = self._batcher(model)
         finished = False
         try:
-            for _step in range(max_tokens):
+            for count in range(max_tokens):
                 picks: list[SampledToken | None]
                 if params.plain_greedy:  # picked in the head pass, with every other stream's
                     tokens = await batcher.greedy(hidden[:, -1:])
@@ -440,6 +440,9 @@ class Engine:
                     finished = True
                     yield deltas
                     return
+                if count == max_tokens - 1:  # no step for the last token: nobody would read it
+                    yield deltas
+                    break
                 # the next step goes through the swarm while these deltas stream out
                 next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
                 step = asyncio.ensure_future(self._step(model, live, next_ids))

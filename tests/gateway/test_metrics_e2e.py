@@ -101,8 +101,8 @@ def test_streaming_chat_moves_gateway_and_peer_metrics(up: Proc) -> None:
     assert line["prompt_tokens"] == usage.prompt_tokens
     assert line["duration_ms"] > 0
 
-    # the prefill, then one step per token fed back: every token but a stop's last one
-    steps = usage.completion_tokens + (1 if finish == "length" else 0)
+    # the prefill, then one step per token fed back: every token but the last one
+    steps = usage.completion_tokens
     for old, new in zip(peers_before, peers_after, strict=True):
 
         def moved(name: str, old: str = old, new: str = new) -> float:

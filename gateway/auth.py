@@ -1,0 +1,36 @@
+"""API-key checks as a pure ASGI middleware: `/v1/*` needs `Authorization: Bearer <key>`
+when keys are configured.
+
+Pure ASGI rather than Starlette's `BaseHTTPMiddleware`: that one runs the app in a task of its
+own and passes every message of a response through a memory stream, a task hop per SSE chunk
+on the hot path of streaming. The key's record goes to `request.state.key` (None without keys).
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway import errors
+from gateway.keys import KeyGuard
+
+
+class RequireApiKey:
+    def __init__(self, app: ASGIApp, guard: KeyGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["key"] = None
+        if str(scope.get("path", "")).startswith("/v1") and await self.guard.required():
+            scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
+            info = await self.guard.lookup(given.strip()) if scheme.lower() == "bearer" else None
+            if info is None:
+                await errors.authentication_error().to_response()(scope, receive, send)
+                return
+            state["key"] = info
+        await self.app(scope, receive, send)
