@@ -29,6 +29,7 @@ from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
 from swarm.protocol import (
     MAX_ROUND_OPS,
     TRANSPORT_DTYPES,
+    all_finite,
     field_float,
     field_int,
     field_str,
@@ -79,7 +80,7 @@ def parse_round(header: dict[str, Any], tensors: list[torch.Tensor]) -> list[_Op
     if rows is not None and (rows.dim() != 2 or rows.dtype not in TRANSPORT_DTYPES):
         raise WireError(BAD_REQUEST, "a round's rows must be [positions, hidden], fp32 or bf16")
     # one check for the whole round; only when it fails does each step check its own rows
-    finite = rows is not None and bool(torch.isfinite(rows).all())
+    finite = rows is not None and all_finite(rows)
     ops: list[_Op] = []
     offset = 0
     for item in raw:
