@@ -37,6 +37,8 @@ from swarm.wire import BAD_REQUEST, WireError
 
 log = logging.getLogger("swarmgate.rounds")
 MAX_HOLD = 20  # a round waits at most this many windows for sessions on their way
+MAX_TURNAROUND = 0.1  # seconds: longer stays in the client count as this (a slow consumer)
+TURNAROUND_DECAY = 0.95  # per session's return, so that one slow head pass is soon forgotten
 ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
 LANE_RETRY = 60.0  # seconds a peer whose lane failed is served over libp2p streams
 
@@ -71,8 +73,15 @@ class Whereabouts:
     back in the client (sampling, streaming out) since some time. Shared by the channels."""
 
     places: dict[str, tuple[str, PeerChannel | None, float]] = field(default_factory=dict)
+    # how long sessions stay back in the client between two hops, as a decaying maximum: the
+    # head pass and sampling (~1 ms on a GPU, ~15 ms for SmolLM2's head on two CPU cores)
+    turnaround: float = 0.0
 
     def waiting(self, sid: str, channel: PeerChannel, now: float) -> None:
+        place = self.places.get(sid)
+        if place is not None and place[0] == "back":
+            stay = min(now - place[2], MAX_TURNAROUND)
+            self.turnaround = max(stay, self.turnaround * TURNAROUND_DECAY)
         self.places[sid] = ("waiting", channel, now)
 
     def sent(self, sid: str, channel: PeerChannel, now: float) -> None:
@@ -163,7 +172,7 @@ class PeerChannel:
 
         It is, if it is on the wire to another peer (it will be back after that round and
         the client's sampling), or back in the client while sessions keep arriving here (no
-        quiet gap of `window` since it came back or since the last arrival: the client works
+        quiet gap of `_patience()` since it came back or since the last arrival: the client works
         through its sessions one after another). A session waiting at another channel is not
         waited for (that channel may be waiting for us), nor one the client has left alone for
         longer (its consumer is slow): rounds never wait for anything that could wait for
@@ -179,9 +188,14 @@ class PeerChannel:
             kind, channel, since = self.whereabouts.places.get(sid, ("", None, 0.0))
             if kind == "sent" and channel is not self:
                 return True
-            if kind == "back" and now - max(since, self._last_arrival) < self.window:
+            if kind == "back" and now - max(since, self._last_arrival) < self._patience():
                 return True
         return False
+
+    def _patience(self) -> float:
+        """How long a session back in the client is waited for: the window, or more where
+        the client takes longer than that to send a session on (its head pass on a CPU)."""
+        return max(self.window, 1.5 * self.whereabouts.turnaround)
 
     def _group_size(self) -> int:
         """How many steps a round carries at most: all the sessions decoding through this
@@ -197,12 +211,12 @@ class PeerChannel:
         A client's sessions come back to a peer one by one (each samples and streams its
         token first), and sessions that were split into two rounds once would otherwise stay
         split forever, each round half the batch it could be. Waiting is bounded: at most
-        `MAX_HOLD` windows in all.
+        `MAX_HOLD` times the patience in all.
         """
         if self.window <= 0:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.window * MAX_HOLD
+        deadline = loop.time() + self._patience() * MAX_HOLD
         while True:
             now = loop.time()
             if any(not op.is_step for op in self._pending):
@@ -213,7 +227,7 @@ class PeerChannel:
                 return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(deadline - now, self.window / 4)):
+                async with asyncio.timeout(min(deadline - now, self._patience() / 4)):
                     await self._wake.wait()
 
     def close_session_soon(self, session: str, keep_alive: float = 0.0) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from swarm.p2p import P2PNode
-from swarm.rounds import PeerChannel
+from swarm.rounds import MAX_TURNAROUND, TURNAROUND_DECAY, PeerChannel, Whereabouts
 from swarm.wire import Frame
 
 
@@ -69,3 +69,26 @@ def test_groups_split_the_decoding_sessions_into_that_many_rounds(
         await channel.close()
 
     asyncio.run(main())
+
+
+def test_turnaround_is_a_decaying_maximum_of_stays_in_the_client() -> None:
+    """Rounds wait for sessions in the client as long as it takes them to come back."""
+    spots = Whereabouts()
+    first, second = cast(PeerChannel, object()), cast(PeerChannel, object())
+    spots.waiting("a", first, 0.0)
+    spots.sent("a", first, 0.001)
+    spots.back("a", first, 0.010)
+    spots.waiting("a", second, 0.010)  # relayed to the next hop at once
+    assert spots.turnaround == 0.0
+    spots.sent("a", second, 0.011)
+    spots.back("a", second, 0.020)
+    spots.waiting("a", first, 0.035)  # 15 ms in the client: its head pass
+    assert spots.turnaround == pytest.approx(0.015)
+    spots.sent("a", first, 0.036)
+    spots.back("a", first, 0.040)
+    spots.waiting("a", second, 0.040)
+    assert spots.turnaround == pytest.approx(0.015 * TURNAROUND_DECAY)
+    spots.sent("a", second, 0.041)
+    spots.back("a", second, 0.050)
+    spots.waiting("a", first, 60.0)  # a consumer that stalled counts as MAX_TURNAROUND
+    assert spots.turnaround == MAX_TURNAROUND
