@@ -42,6 +42,7 @@ SETUPS = {  # extra `up` flags of each setup
     "default": [],  # lanes, two pipelined micro-batches, outputs relayed by the gateway
     "push": ["--push"],  # peer-to-peer push
     "one-group": ["--round-groups", "1"],  # every generation in one round
+    "three-groups": ["--round-groups", "3"],  # three pipelined micro-batches
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
