@@ -156,7 +156,9 @@ def main() -> None:
             client = openai.OpenAI(base_url=f"{proc.ready['url']}/v1", api_key="x", max_retries=0)
             peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
             prompt = [{"role": "user", "content": SHORT}]
-            gateway[setup] = overhead(client, DEFAULT_MODEL, prompt, peer_urls, 10)
+            gateway[setup] = overhead(
+                client, DEFAULT_MODEL, prompt, peer_urls, 10, gateway_url=str(proc.ready["url"])
+            )
         finally:
             proc.stop(timeout=60)
     base = {r["prompt"]: r for r in rows if r["setup"].startswith("generate")}
@@ -171,7 +173,8 @@ def main() -> None:
     for setup, figures in gateway.items():
         print(
             f"{setup}: one-prefill request {figures['latency_p50_ms']:.1f} ms p50, of which "
-            f"gateway + network + head (not the peers' compute) {figures['overhead_p50_ms']:.1f} ms"
+            f"gateway + network + head (not the peers' compute) {figures['overhead_p50_ms']:.1f} ms; "
+            f"not model compute (peers' blocks, gateway's head) {figures['beyond_model_p50_ms']:.1f} ms"
         )
     out = ROOT / "bench-out"
     out.mkdir(exist_ok=True)

@@ -4,7 +4,9 @@ A request whose first token is forced to be end-of-sequence is exactly one prefi
 chain: its latency is the time to first token plus the closing of the session. That latency,
 minus the growth of the peers' `swarmgate_peer_step_seconds_sum` (their compute, scraped from
 `--peer-metrics` endpoints before and after), is what the gateway, the network and the head add
-to the time to first token. Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
+to the time to first token. Subtracting also the gateway's LM-head passes (its
+`swarmgate_head_pass_seconds_sum`, from `gateway_url`) leaves what is not model compute at all:
+Python, the wire and waits. Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import httpx
 import openai
 
 
-def peer_compute_seconds(urls: list[str]) -> float:
+def metric_sum(urls: list[str], name: str) -> float:
+    """The sum over `urls` of every series of `name` (a counter or a histogram's `_sum`)."""
     total = 0.0
     for url in urls:
         for line in httpx.get(url, timeout=10).text.splitlines():
-            if line.startswith("swarmgate_peer_step_seconds_sum"):
+            if line.startswith(name):
                 total += float(line.split()[-1])
     return total
+
+
+def peer_compute_seconds(urls: list[str]) -> float:
+    return metric_sum(urls, "swarmgate_peer_step_seconds_sum")
 
 
 def overhead(
@@ -32,11 +39,15 @@ def overhead(
     peer_urls: list[str],
     rounds: int,
     eos_token: int = 2,
+    gateway_url: str | None = None,
 ) -> dict[str, float]:
-    """Client latency of a one-prefill request minus the peers' compute for it."""
-    values, latencies = [], []
+    """Client latency of a one-prefill request minus the peers' compute for it (and minus
+    the gateway's head passes too, when `gateway_url` is given)."""
+    values, latencies, beyond_model = [], [], []
+    head_urls = [f"{gateway_url}/metrics"] if gateway_url else []
     for _ in range(rounds):
         before = peer_compute_seconds(peer_urls)
+        head_before = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum")
         started = time.perf_counter()
         client.chat.completions.create(
             model=model,
@@ -47,9 +58,14 @@ def overhead(
         )
         latency = time.perf_counter() - started
         compute = peer_compute_seconds(peer_urls) - before
+        head = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum") - head_before
         latencies.append(latency * 1e3)
         values.append((latency - compute) * 1e3)
-    return {
+        beyond_model.append((latency - compute - head) * 1e3)
+    figures = {
         "latency_p50_ms": statistics.median(latencies),
         "overhead_p50_ms": statistics.median(values),
     }
+    if head_urls:
+        figures["beyond_model_p50_ms"] = statistics.median(beyond_model)
+    return figures

@@ -224,7 +224,8 @@ class Engine:
     def _batcher(self, model: ServedModel) -> HeadBatcher:
         batcher = self._head_batchers.get(model.name)
         if batcher is None:
-            batcher = HeadBatcher(model.head.logits, self._head_pool)
+            timer = self.metrics.head_passes.labels(model.name)
+            batcher = HeadBatcher(model.head.logits, self._head_pool, timer.observe)
             self._head_batchers[model.name] = batcher
         return batcher
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,9 +31,15 @@ class _Waiting:
 
 
 class HeadBatcher:
-    def __init__(self, logits: Logits, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        logits: Logits,
+        executor: concurrent.futures.Executor,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._logits = logits
         self._executor = executor
+        self._observe = observe  # called on the head's thread with each pass's seconds
         self._pending: list[_Waiting] = []
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None
@@ -62,6 +69,7 @@ class HeadBatcher:
 
     def _pass(self, batch: list[_Waiting]) -> list[torch.Tensor | list[int] | ValueError]:
         """Runs on the head's thread: one head pass, then one argmax for the greedy rows."""
+        began = time.perf_counter()
         sizes = [w.hidden.shape[0] for w in batch]
         stacked = torch.cat([w.hidden for w in batch]) if len(batch) > 1 else batch[0].hidden
         parts = list(torch.split(self._logits(stacked), sizes))
@@ -80,6 +88,8 @@ class HeadBatcher:
                     if bad
                     else ids[mine]
                 )
+        if self._observe is not None:  # on a GPU, logits for sampling may still be on their way
+            self._observe(time.perf_counter() - began)
         return out
 
     async def _drain(self) -> None:

@@ -31,6 +31,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HOP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+HEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 class SwarmCollector(Collector):
@@ -125,6 +126,14 @@ class GatewayMetrics:
             "Peers in each chain opened for a generation",
             ["model"],
             buckets=HOP_BUCKETS,
+            registry=registry,
+        )
+        self.head_passes = Histogram(
+            "swarmgate_head_pass_seconds",
+            "One LM-head pass (final norm, logits, greedy picks) over the rows of every "
+            "generation waiting for it: the gateway's own model compute",
+            ["model"],
+            buckets=HEAD_BUCKETS,
             registry=registry,
         )
         self.failovers = Counter(

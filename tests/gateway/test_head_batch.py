@@ -20,8 +20,10 @@ def slow_logits(hidden: torch.Tensor) -> torch.Tensor:
 
 
 def test_waiting_requests_share_one_pass_and_get_their_own_rows() -> None:
+    passes: list[float] = []
+
     async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[torch.Tensor]]:
-        batcher = HeadBatcher(slow_logits, concurrent.futures.ThreadPoolExecutor(1))
+        batcher = HeadBatcher(slow_logits, concurrent.futures.ThreadPoolExecutor(1), passes.append)
         inputs = [torch.randn(b, 1, 4) for b in (1, 2, 1, 3)]
         first = asyncio.create_task(batcher.logits(inputs[0]))
         await asyncio.sleep(0.01)  # the first pass is running: the rest wait together
@@ -30,6 +32,7 @@ def test_waiting_requests_share_one_pass_and_get_their_own_rows() -> None:
 
     batcher, inputs, outputs = asyncio.run(main())
     assert batcher.passes == 2 and batcher.rows == 7
+    assert len(passes) == 2 and all(seconds >= 0.05 for seconds in passes)  # each pass timed
     for x, out in zip(inputs, outputs, strict=True):
         assert out.shape == (x.shape[0], 1, 7)
         assert torch.allclose(out, x @ WEIGHT.T)

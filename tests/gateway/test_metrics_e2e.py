@@ -84,6 +84,9 @@ def test_streaming_chat_moves_gateway_and_peer_metrics(up: Proc) -> None:
     assert itl == usage.completion_tokens - 1
     assert value(after, "swarmgate_active_generations", model=MODEL) == 0
     assert grew("swarmgate_route_hops_count", model=MODEL) == 1
+    # one head pass per token sampled (no other generation to share them with)
+    assert grew("swarmgate_head_pass_seconds_count", model=MODEL) == usage.completion_tokens
+    assert grew("swarmgate_head_pass_seconds_sum", model=MODEL) > 0
     assert grew("swarmgate_route_hops_sum", model=MODEL) == 2  # two peers, one span each
     assert grew("swarmgate_prefix_reuse_total", model=MODEL, result="miss") == 1
     assert value(after, "swarmgate_swarm_coverage", model=MODEL) == 1.0
