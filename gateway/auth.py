@@ -3,7 +3,8 @@ when keys are configured.
 
 Pure ASGI rather than Starlette's `BaseHTTPMiddleware`: that one runs the app in a task of its
 own and passes every message of a response through a memory stream, a task hop per SSE chunk
-on the hot path of streaming. The key's record goes to `request.state.key` (None without keys).
+on the hot path of streaming. The key's record goes to `request.state.key` (None without keys
+or outside `/v1`).
 """
 
 from __future__ import annotations

@@ -225,7 +225,12 @@ class Engine:
         batcher = self._head_batchers.get(model.name)
         if batcher is None:
             timer = self.metrics.head_passes.labels(model.name)
-            batcher = HeadBatcher(model.head.logits, self._head_pool, timer.observe)
+
+            def observe(seconds: float) -> None:
+                timer.observe(seconds)
+                self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
+
+            batcher = HeadBatcher(model.head.logits, self._head_pool, observe)
             self._head_batchers[model.name] = batcher
         return batcher
 
@@ -420,7 +425,7 @@ class Engine:
         batcher = self._batcher(model)
         finished = False
         try:
-            for count in range(max_tokens):
+            for index in range(max_tokens):
                 picks: list[SampledToken | None]
                 if params.plain_greedy:  # picked in the head pass, with every other stream's
                     tokens = await batcher.greedy(hidden[:, -1:])
@@ -441,7 +446,7 @@ class Engine:
                     finished = True
                     yield deltas
                     return
-                if count == max_tokens - 1:  # no step for the last token: nobody would read it
+                if index == max_tokens - 1:  # no step for the last token: nobody would read it
                     yield deltas
                     break
                 # the next step goes through the swarm while these deltas stream out

@@ -39,7 +39,7 @@ class HeadBatcher:
     ) -> None:
         self._logits = logits
         self._executor = executor
-        self._observe = observe  # called on the head's thread with each pass's seconds
+        self._observe = observe  # called on the event loop with each pass's seconds
         self._pending: list[_Waiting] = []
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None
@@ -67,12 +67,16 @@ class HeadBatcher:
             self._drainer = loop.create_task(self._drain())  # kept: tasks are weakly held
         return await future
 
-    def _pass(self, batch: list[_Waiting]) -> list[torch.Tensor | list[int] | ValueError]:
-        """Runs on the head's thread: one head pass, then one argmax for the greedy rows."""
+    def _pass(
+        self, batch: list[_Waiting]
+    ) -> tuple[list[torch.Tensor | list[int] | ValueError], float]:
+        """Runs on the head's thread: one head pass, then one argmax for the greedy rows; the
+        results and the seconds the pass took, until its logits or picks were ready."""
         began = time.perf_counter()
         sizes = [w.hidden.shape[0] for w in batch]
         stacked = torch.cat([w.hidden for w in batch]) if len(batch) > 1 else batch[0].hidden
-        parts = list(torch.split(self._logits(stacked), sizes))
+        logits = self._logits(stacked)
+        parts = list(torch.split(logits, sizes))
         out: list[torch.Tensor | list[int] | ValueError] = list(parts)
         greedy = [i for i, w in enumerate(batch) if w.greedy]
         if greedy:
@@ -88,9 +92,9 @@ class HeadBatcher:
                     if bad
                     else ids[mine]
                 )
-        if self._observe is not None:  # on a GPU, logits for sampling may still be on their way
-            self._observe(time.perf_counter() - began)
-        return out
+        if logits.is_cuda and not greedy:  # here rather than in the sampler, on the event loop
+            torch.cuda.current_stream(logits.device).synchronize()
+        return out, time.perf_counter() - began
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,12 +105,14 @@ class HeadBatcher:
                 if not batch:
                     continue
                 try:
-                    outs = await loop.run_in_executor(self._executor, self._pass, batch)
+                    outs, seconds = await loop.run_in_executor(self._executor, self._pass, batch)
                 except Exception as error:
                     for waiting in batch:
                         if not waiting.future.done():
                             waiting.future.set_exception(error)
                     continue
+                if self._observe is not None:
+                    self._observe(seconds)
                 self.passes += 1
                 self.rows += sum(w.hidden.shape[0] for w in batch)
                 for waiting, out in zip(batch, outs, strict=True):

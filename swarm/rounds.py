@@ -36,9 +36,9 @@ from swarm.protocol import MAX_ROUND_OPS, MAX_STEP_TOKENS, SESSIONS_PROTOCOL
 from swarm.wire import BAD_REQUEST, WireError
 
 log = logging.getLogger("swarmgate.rounds")
-MAX_HOLD = 20  # a round waits at most this many windows for sessions on their way
-MAX_TURNAROUND = 0.1  # seconds: longer stays in the client count as this (a slow consumer)
-TURNAROUND_DECAY = 0.95  # per session's return, so that one slow head pass is soon forgotten
+MAX_HOLD = 20  # a round waits at most this many windows (+ one patience) for sessions
+MAX_CLIENT_PASS = 0.1  # seconds: a longer pass of the client counts as this
+CLIENT_PASS_DECAY = 0.95  # per pass, so that one slow pass is soon forgotten
 ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
 LANE_RETRY = 60.0  # seconds a peer whose lane failed is served over libp2p streams
 
@@ -73,15 +73,16 @@ class Whereabouts:
     back in the client (sampling, streaming out) since some time. Shared by the channels."""
 
     places: dict[str, tuple[str, PeerChannel | None, float]] = field(default_factory=dict)
-    # how long sessions stay back in the client between two hops, as a decaying maximum: the
-    # head pass and sampling (~1 ms on a GPU, ~15 ms for SmolLM2's head on two CPU cores)
-    turnaround: float = 0.0
+    # how long the client takes to send sessions back from their last hop on to their first
+    # (its LM-head pass: ~1 ms on a GPU, ~15 ms for SmolLM2's head on two CPU cores), as a
+    # decaying maximum of the passes it reports (`passed`)
+    client_pass: float = 0.0
+
+    def passed(self, seconds: float) -> None:
+        """The client ran one pass over sessions back from their chains (its LM head)."""
+        self.client_pass = max(min(seconds, MAX_CLIENT_PASS), self.client_pass * CLIENT_PASS_DECAY)
 
     def waiting(self, sid: str, channel: PeerChannel, now: float) -> None:
-        place = self.places.get(sid)
-        if place is not None and place[0] == "back":
-            stay = min(now - place[2], MAX_TURNAROUND)
-            self.turnaround = max(stay, self.turnaround * TURNAROUND_DECAY)
         self.places[sid] = ("waiting", channel, now)
 
     def sent(self, sid: str, channel: PeerChannel, now: float) -> None:
@@ -194,8 +195,9 @@ class PeerChannel:
 
     def _patience(self) -> float:
         """How long a session back in the client is waited for: the window, or more where
-        the client takes longer than that to send a session on (its head pass on a CPU)."""
-        return max(self.window, 1.5 * self.whereabouts.turnaround)
+        the client's passes take longer than that (its LM head on a CPU). A consumer that is
+        slow to read its stream does not stretch it: the passes are what is measured."""
+        return max(self.window, 1.5 * self.whereabouts.client_pass)
 
     def _group_size(self) -> int:
         """How many steps a round carries at most: all the sessions decoding through this
@@ -211,12 +213,12 @@ class PeerChannel:
         A client's sessions come back to a peer one by one (each samples and streams its
         token first), and sessions that were split into two rounds once would otherwise stay
         split forever, each round half the batch it could be. Waiting is bounded: at most
-        `MAX_HOLD` times the patience in all.
+        `MAX_HOLD` windows and one patience in all.
         """
         if self.window <= 0:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._patience() * MAX_HOLD
+        deadline = loop.time() + self.window * MAX_HOLD + self._patience()
         while True:
             now = loop.time()
             if any(not op.is_step for op in self._pending):

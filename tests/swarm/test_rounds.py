@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from swarm.p2p import P2PNode
-from swarm.rounds import MAX_TURNAROUND, TURNAROUND_DECAY, PeerChannel, Whereabouts
+from swarm.rounds import CLIENT_PASS_DECAY, MAX_CLIENT_PASS, PeerChannel, Whereabouts
 from swarm.wire import Frame
 
 
@@ -71,24 +71,38 @@ def test_groups_split_the_decoding_sessions_into_that_many_rounds(
     asyncio.run(main())
 
 
-def test_turnaround_is_a_decaying_maximum_of_stays_in_the_client() -> None:
-    """Rounds wait for sessions in the client as long as it takes them to come back."""
+def test_client_pass_is_a_decaying_maximum_of_the_passes_reported() -> None:
     spots = Whereabouts()
-    first, second = cast(PeerChannel, object()), cast(PeerChannel, object())
-    spots.waiting("a", first, 0.0)
-    spots.sent("a", first, 0.001)
-    spots.back("a", first, 0.010)
-    spots.waiting("a", second, 0.010)  # relayed to the next hop at once
-    assert spots.turnaround == 0.0
-    spots.sent("a", second, 0.011)
-    spots.back("a", second, 0.020)
-    spots.waiting("a", first, 0.035)  # 15 ms in the client: its head pass
-    assert spots.turnaround == pytest.approx(0.015)
-    spots.sent("a", first, 0.036)
-    spots.back("a", first, 0.040)
-    spots.waiting("a", second, 0.040)
-    assert spots.turnaround == pytest.approx(0.015 * TURNAROUND_DECAY)
-    spots.sent("a", second, 0.041)
-    spots.back("a", second, 0.050)
-    spots.waiting("a", first, 60.0)  # a consumer that stalled counts as MAX_TURNAROUND
-    assert spots.turnaround == MAX_TURNAROUND
+    spots.passed(0.015)
+    spots.passed(0.001)
+    assert spots.client_pass == pytest.approx(0.015 * CLIENT_PASS_DECAY)
+    spots.passed(60.0)  # a stall counts as MAX_CLIENT_PASS
+    assert spots.client_pass == MAX_CLIENT_PASS
+
+
+@pytest.mark.parametrize(("client_pass", "expected"), [(0.05, [2, 2]), (0.0, [2, 1, 1])])
+def test_rounds_wait_for_a_session_in_the_client_as_long_as_its_passes_take(
+    client_pass: float, expected: list[int]
+) -> None:
+    """A session back in the client for 30 ms (its head pass) joins the next round when the
+    client's passes take that long; without such passes (a slow consumer, say) the round
+    goes after the 5 ms window."""
+
+    async def main() -> None:
+        stream = EchoStream()
+        channel = PeerChannel(cast(P2PNode, FakeNode(stream)), "peer", [], window=0.005)
+        channel.lanes = False
+        if client_pass:
+            channel.whereabouts.passed(client_pass)
+        row = torch.zeros(1, 1, 4)
+
+        async def session(sid: str, pause: float) -> None:
+            await channel.call({"type": "step", "session": sid, "position": 0}, row)
+            await asyncio.sleep(pause)  # in the client
+            await channel.call({"type": "step", "session": sid, "position": 1}, row)
+
+        await asyncio.gather(session("fast", 0.0), session("slow", 0.03))
+        assert stream.rounds == expected
+        await channel.close()
+
+    asyncio.run(main())
