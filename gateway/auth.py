@@ -27,7 +27,7 @@ class RequireApiKey:
             return
         state = scope.setdefault("state", {})
         state["key"] = None
-        if str(scope.get("path", "")).startswith("/v1") and await self.guard.required():
+        if route_path(scope).startswith("/v1") and await self.guard.required():
             scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
             info = await self.guard.lookup(given.strip()) if scheme.lower() == "bearer" else None
             if info is None:
@@ -35,3 +35,12 @@ class RequireApiKey:
                 return
             state["key"] = info
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the `root_path` a server or a mount put in front
+    (behind `--root-path /api`, `/api/v1/models` is routed as `/v1/models` and needs a key)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path

@@ -34,5 +34,16 @@ def test_keys_are_required_on_v1_only() -> None:
     assert c.get("/health").status_code == 200
 
 
+def test_keys_are_required_behind_a_root_path() -> None:
+    """Behind a proxy (`--root-path /api`) `/api/v1/*` is routed as `/v1/*`: it needs a key."""
+    app = create_app(cast(Engine, NoModels()), api_keys=["sk-one"])
+    c = TestClient(app, root_path="/api")
+    assert c.get("/api/v1/models").status_code == 401
+    assert c.get("/v1/models").status_code == 401
+    key = {"Authorization": "Bearer sk-one"}
+    assert c.get("/api/v1/models", headers=key).status_code == 200
+    assert c.get("/api/health").status_code == 200
+
+
 def test_no_keys_means_open() -> None:
     assert client([]).get("/v1/models").status_code == 200
