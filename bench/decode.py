@@ -156,9 +156,8 @@ def main() -> None:
             client = openai.OpenAI(base_url=f"{proc.ready['url']}/v1", api_key="x", max_retries=0)
             peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
             prompt = [{"role": "user", "content": SHORT}]
-            gateway[setup] = overhead(
-                client, DEFAULT_MODEL, prompt, peer_urls, 10, gateway_url=str(proc.ready["url"])
-            )
+            gateway_url = str(proc.ready["url"])
+            gateway[setup] = overhead(client, DEFAULT_MODEL, prompt, peer_urls, gateway_url, 10)
         finally:
             proc.stop(timeout=60)
     base = {r["prompt"]: r for r in rows if r["setup"].startswith("generate")}

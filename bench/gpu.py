@@ -213,14 +213,14 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         }
         print("single stream:", result["single"], flush=True)
         gateway_url = str(proc.ready["url"])
-        result["overhead"] = overhead(client, MODEL, PROMPT, peer_urls, 10, gateway_url=gateway_url)
+        result["overhead"] = overhead(client, MODEL, PROMPT, peer_urls, gateway_url, 10)
         print("gateway overhead:", result["overhead"], flush=True)
         asyncio.run(many_streams(base_url, args.streams, args.tokens))  # warm up, as above
-        before = counters(str(proc.ready["url"]), peer_urls)
+        before = counters(gateway_url, peer_urls)
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
         print("concurrent:", result["concurrent"], flush=True)
         # of the concurrent run alone (opens, closes and prefills included)
-        result["batching"] = batching(before, counters(str(proc.ready["url"]), peer_urls))
+        result["batching"] = batching(before, counters(gateway_url, peer_urls))
         print("batching:", result["batching"], flush=True)
     finally:
         code = proc.stop(timeout=60)

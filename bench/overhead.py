@@ -37,14 +37,14 @@ def overhead(
     model: str,
     prompt: list[dict[str, str]],
     peer_urls: list[str],
+    gateway_url: str,
     rounds: int,
     eos_token: int = 2,
-    gateway_url: str | None = None,
 ) -> dict[str, float]:
-    """Client latency of a one-prefill request minus the peers' compute for it (and minus
-    the gateway's head passes too, when `gateway_url` is given)."""
+    """Client latency of a one-prefill request minus the peers' compute for it, and minus
+    the gateway's head passes too."""
     values, latencies, beyond_model = [], [], []
-    head_urls = [f"{gateway_url}/metrics"] if gateway_url else []
+    head_urls = [f"{gateway_url}/metrics"]
     for _ in range(rounds):
         before = peer_compute_seconds(peer_urls)
         head_before = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum")
@@ -62,10 +62,8 @@ def overhead(
         latencies.append(latency * 1e3)
         values.append((latency - compute) * 1e3)
         beyond_model.append((latency - compute - head) * 1e3)
-    figures = {
+    return {
         "latency_p50_ms": statistics.median(latencies),
         "overhead_p50_ms": statistics.median(values),
+        "beyond_model_p50_ms": statistics.median(beyond_model),
     }
-    if head_urls:
-        figures["beyond_model_p50_ms"] = statistics.median(beyond_model)
-    return figures
