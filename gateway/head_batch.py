@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from gateway.sampling import argmax_rows
+from swarm import trace
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -74,6 +75,7 @@ class HeadBatcher:
         results and the seconds the pass took, until its logits or picks were ready."""
         began = time.perf_counter()
         sizes = [w.hidden.shape[0] for w in batch]
+        trace.mark("head.start", "", sum(sizes))
         stacked = torch.cat([w.hidden for w in batch]) if len(batch) > 1 else batch[0].hidden
         logits = self._logits(stacked)
         parts = list(torch.split(logits, sizes))
@@ -94,6 +96,7 @@ class HeadBatcher:
                 )
         if logits.is_cuda and not greedy:  # here rather than in the sampler, on the event loop
             torch.cuda.current_stream(logits.device).synchronize()
+        trace.mark("head.end", "", sum(sizes))
         return out, time.perf_counter() - began
 
     async def _drain(self) -> None:

@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.engine import Engine, ServedModel
 from gateway.keys import KeyGuard
 from gateway.store import MemoryStore, RedisStore, SessionStore
+from swarm import trace
 from swarm.head import Head
 from swarm.models import load_weights
 from swarm.models.registry import find_entry
@@ -75,6 +76,7 @@ async def _refresh_loop(view: SwarmView, period: float) -> None:
 
 
 async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> int:
+    trace.start("gateway")
     loop = asyncio.get_running_loop()
     models = [
         await loop.run_in_executor(None, load_served_model, name, config.device)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from peer.quant import QUANT_MODES
 from peer.server import PeerConfig, PeerServer
+from swarm import trace
 from swarm.logs import setup_logging
 from swarm.main_thread import MainThreadExecutor, on_signal, run_async_with_compute
 from swarm.models import DEFAULT_MODEL
@@ -42,6 +43,7 @@ async def serve(config: PeerConfig, compute: MainThreadExecutor) -> int:
         if server.metrics is not None:
             print(f"  metrics on {server.metrics.url}")
             ready["metrics_url"] = server.metrics.url
+        trace.mark("peer.id", state.peer_id)  # which peer a trace file belongs to
         print("PEER_READY " + json.dumps(ready), flush=True)
         await stop.wait()
     finally:
@@ -51,6 +53,7 @@ async def serve(config: PeerConfig, compute: MainThreadExecutor) -> int:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    trace.start("peer")
     config = PeerConfig(
         model=args.model,
         blocks=args.blocks,

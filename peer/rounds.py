@@ -7,6 +7,11 @@ frame. A bad op gets its own error result and the other ops of the round still r
 frame gets an error frame and the stream stays usable. When the stream ends, every session
 opened on it is detached (kept for the keep-alive its client asked for, or freed).
 
+Rounds pipeline: the next frame is read and its ops start while earlier rounds still compute
+(up to `MAX_PIPELINED` rounds per stream), so a client with two groups of sessions in flight
+keeps the span busy while a round's frame is on the wire or being decoded. Answers go out in
+the order the rounds came, and a session's ops wait for its ops of earlier rounds.
+
 Peer-to-peer push (`peer.pushes`): a step marked `pushed` waits for its rows from the previous
 hop, which sends them as a `push` op on a stream of its own; a step with a `push` target sends
 its output on to the next hop before its result goes back.
@@ -15,7 +20,8 @@ its output on to the next hop before its result goes back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +30,7 @@ import torch
 from peer.handlers import MAX_SESSIONS_PER_REMOTE, PeerState, open_session, run_step
 from peer.pushes import Pusher
 from peer.sessions import Session
+from swarm import trace
 from swarm.lanes import LaneStream
 from swarm.p2p import FrameStream, StreamClosedError, StreamResetError
 from swarm.protocol import (
@@ -38,6 +45,7 @@ from swarm.protocol import (
 from swarm.wire import BAD_REQUEST, BUSY, NOT_FOUND, WireError, error_header
 
 MAX_KEEP_ALIVE = 3600.0
+MAX_PIPELINED = 4  # rounds of one stream in progress at once; the next frame waits to be read
 
 
 @dataclass
@@ -117,27 +125,61 @@ class RoundServer:
         self.stream = stream
         self.pusher = pusher  # sends step outputs on to the next hop; None: never push
         self.attached: dict[str, _Attached] = {}
+        self._turns: dict[str, asyncio.Future[None]] = {}  # each session's latest ops in line
 
     async def serve(self) -> None:
+        rounds: list[asyncio.Task[None]] = []  # in progress, in the order they came
         try:
             while True:
+                rounds = [r for r in rounds if not r.done()]
+                if len(rounds) >= MAX_PIPELINED:
+                    await asyncio.wait([rounds[0]])
+                    continue
                 try:
                     frame = await self.stream.recv()
                 except (StreamClosedError, StreamResetError):
                     return
+                before = rounds[-1] if rounds else None
                 try:
                     ops = parse_round(frame.header, frame.tensors)
                 except WireError as error:
                     self.current().counters.bad_requests += 1
-                    await self.stream.send(error.to_header())
+                    rounds.append(asyncio.create_task(self._answer(before, error.to_header())))
                     continue
-                results, outputs = await self._run_round(ops)
-                flat = [out.reshape(-1, out.shape[-1]) for out in outputs]
-                tensors = [torch.cat(flat) if len(flat) > 1 else flat[0]] if flat else []
-                await self.stream.send({"type": "round", "results": results}, tensors)
+                trace.mark("peer.recv", self.stream.remote_peer_id, len(ops))
+                work = self._run_round(ops)  # the sessions' places in line are taken now
+                rounds.append(asyncio.create_task(self._answer(before, work)))
         finally:
+            for task in rounds:
+                task.cancel()
+            for task in rounds:  # a session is detached only once nothing runs its ops
+                with contextlib.suppress(BaseException):
+                    await task
             for sid in list(self.attached):
                 self._detach(sid, None)
+
+    async def _answer(
+        self,
+        before: asyncio.Task[None] | None,
+        work: dict[str, Any] | Awaitable[tuple[list[dict[str, Any]], list[torch.Tensor]]],
+    ) -> None:
+        """Send one round's answer (or a frame's error) after the answers of earlier rounds."""
+        if isinstance(work, dict):
+            header, tensors = work, []
+        else:
+            results, outputs = await work
+            flat = [out.reshape(-1, out.shape[-1]) for out in outputs]
+            tensors = [torch.cat(flat) if len(flat) > 1 else flat[0]] if flat else []
+            header = {"type": "round", "results": results}
+        if before is not None:
+            with contextlib.suppress(BaseException):  # its failure ends the stream anyway
+                await before
+        try:
+            trace.mark("peer.reply", self.stream.remote_peer_id, len(header.get("results", ())))
+            await self.stream.send(header, tensors)
+            trace.mark("peer.replied", self.stream.remote_peer_id, len(header.get("results", ())))
+        except (StreamClosedError, StreamResetError):
+            pass  # the client went away: the stream's end detaches its sessions
 
     def _forget_expired(self) -> None:
         """Drop sessions the peer expired (idle too long) while this stream stayed open."""
@@ -155,7 +197,12 @@ class RoundServer:
         else:
             held.state.sessions_by_remote.pop(remote, None)
 
-    async def _run_round(self, ops: list[_Op]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    def _run_round(
+        self, ops: list[_Op]
+    ) -> Awaitable[tuple[list[dict[str, Any]], list[torch.Tensor]]]:
+        """Start a round's ops (each session's after its ops of earlier rounds); its results.
+
+        Called in the order the rounds came: each session's place in line is taken here."""
         results: list[dict[str, Any] | None] = [None] * len(ops)
         outputs: list[torch.Tensor | None] = [None] * len(ops)
         by_session: dict[str, list[int]] = {}
@@ -163,8 +210,29 @@ class RoundServer:
             sid = op.header.get("session")
             key = sid if isinstance(sid, str) else f"#{i}"  # malformed: fails on its own
             by_session.setdefault(key, []).append(i)
+        loop = asyncio.get_running_loop()
+        turns = []
+        for key in by_session:
+            mine: asyncio.Future[None] = loop.create_future()
+            turns.append((self._turns.get(key), mine))
+            self._turns[key] = mine
 
-        async def run_session_ops(indices: list[int]) -> None:
+        async def run_session_ops(
+            key: str,
+            indices: list[int],
+            turn: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
+        ) -> None:
+            earlier, mine = turn
+            try:
+                if earlier is not None:
+                    await asyncio.shield(earlier)
+                await run_ops(indices)
+            finally:
+                mine.set_result(None)
+                if self._turns.get(key) is mine:
+                    del self._turns[key]
+
+        async def run_ops(indices: list[int]) -> None:
             for i in indices:
                 try:
                     results[i], outputs[i] = await self._run_op(ops[i])
@@ -174,9 +242,17 @@ class RoundServer:
                 except Exception as error:  # a compute failure fails the op, not the stream
                     results[i] = error_header("internal", f"step failed: {type(error).__name__}")
 
-        await asyncio.gather(*(run_session_ops(ix) for ix in by_session.values()))
-        done = [r if r is not None else error_header("internal", "not run") for r in results]
-        return done, [o for o in outputs if o is not None]
+        async def run_all() -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+            await asyncio.gather(
+                *(
+                    run_session_ops(key, ix, turn)
+                    for (key, ix), turn in zip(by_session.items(), turns, strict=True)
+                )
+            )
+            done = [r if r is not None else error_header("internal", "not run") for r in results]
+            return done, [o for o in outputs if o is not None]
+
+        return run_all()
 
     async def _run_op(self, op: _Op) -> tuple[dict[str, Any], torch.Tensor | None]:
         header = op.header

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peer.sessions import Session
+from swarm import trace
 from swarm.blocks import Span
 from swarm.threads import compute_thread
 
@@ -143,6 +144,7 @@ class StepScheduler:
 
     def _compute(self, items: list[_Step]) -> list[torch.Tensor | BaseException]:
         """Runs on the compute thread."""
+        trace.mark("compute.start", "", len(items))
         results: dict[int, torch.Tensor | BaseException] = {}
         batch = [i for i, item in enumerate(items) if item.batchable]
         if len(batch) > 1:
@@ -176,6 +178,7 @@ class StepScheduler:
             except Exception as error:
                 results[i] = error
         self.stats.steps += len(items)
+        trace.mark("compute.end", "", len(items))
         return [results[i] for i in range(len(items))]
 
     async def _gather_window(self, loop: asyncio.AbstractEventLoop) -> None:

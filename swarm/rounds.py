@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from swarm import trace
 from swarm.lanes import LaneStream, open_lane
 from swarm.p2p import FrameStream, P2PNode
 from swarm.p2p.bridge import as_wire_error
@@ -118,6 +119,7 @@ class PeerChannel:
     window: float = 0.0  # seconds a round waits for sessions on their way back to this peer
     lanes: bool = True  # ask the peer for a lane before falling back to a libp2p stream
     groups: int = 1  # micro-batches: a round carries about 1/groups of the decoding sessions
+    depth: int = 1  # rounds in flight at once (the peer pipelines them): one per group
     whereabouts: Whereabouts = field(default_factory=Whereabouts)
     stats: ChannelStats = field(default_factory=ChannelStats)
     _stepping: dict[str, float] = field(default_factory=dict)  # session → its last step's time
@@ -127,6 +129,7 @@ class PeerChannel:
     _stream: FrameStream | LaneStream | None = None
     _lane_failed: float = float("-inf")  # when a lane to this peer last failed
     _task: asyncio.Task[None] | None = None
+    _inflight: list[asyncio.Task[None]] = field(default_factory=list)  # answers awaited, in order
     _closed: bool = False
 
     async def call(
@@ -157,6 +160,7 @@ class PeerChannel:
         sid = str(header.get("session"))
         self._last_arrival = loop.time()
         if step:
+            trace.mark("op", self.peer_id, 1)
             self._stepping[sid] = loop.time()
             if track:
                 self.whereabouts.waiting(sid, self, loop.time())
@@ -249,10 +253,11 @@ class PeerChannel:
 
     async def close(self) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        for task in [self._task, *self._inflight]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         self._drop_stream()
         self._fail(self._pending, WireError("closed", "the channel is closed"))
         self._pending = []
@@ -306,29 +311,59 @@ class PeerChannel:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                self._inflight = [t for t in self._inflight if not t.done()]
+                if len(self._inflight) >= max(1, self.depth):
+                    await asyncio.wait([self._inflight[0]])  # a round in flight is answered
+                    continue
                 await self._gather()
                 ops = self._take()
                 if ops:
-                    await self._round_or_fail(ops)
+                    await self._send_or_fail(ops)
         finally:  # whatever ended the loop, nobody may wait forever
             self._fail(self._pending, WireError("closed", "the channel stopped"))
             self._pending = []
 
-    async def _round_or_fail(self, ops: list[_Op]) -> None:
+    async def _send_or_fail(self, ops: list[_Op]) -> None:
+        """Send a round; its answer is awaited by a task of its own, after the earlier ones."""
         try:
-            await self._round(ops)
+            stream = await self._send(ops)
         except asyncio.CancelledError:
             self._fail(ops, WireError("closed", "the channel is closed"))
             raise
         except Exception as error:
-            wire = as_wire_error(error)
-            log.info("stream to %s failed: %s", self.peer_id[-8:], wire)
+            self._failed(ops, error)
+            return
+        earlier = self._inflight[-1] if self._inflight else None
+        self._inflight.append(
+            asyncio.get_running_loop().create_task(self._answered(stream, ops, earlier))
+        )
+
+    async def _answered(
+        self, stream: FrameStream | LaneStream, ops: list[_Op], earlier: asyncio.Task[None] | None
+    ) -> None:
+        try:
+            if earlier is not None:  # answers come in the order the rounds went out
+                await asyncio.wait([earlier])
+            await self._receive(stream, ops)
+        except asyncio.CancelledError:
+            self._fail(ops, WireError("closed", "the channel is closed"))
+            raise
+        except Exception as error:
+            self._failed(ops, error, stream)
+
+    def _failed(
+        self, ops: list[_Op], error: Exception, stream: FrameStream | LaneStream | None = None
+    ) -> None:
+        wire = as_wire_error(error)
+        log.info("stream to %s failed: %s", self.peer_id[-8:], wire)
+        if stream is None or stream is self._stream:
             self._drop_stream()
-            self._fail(ops, wire)
+        self._fail(ops, wire)
 
     async def _ready_stream(self) -> FrameStream | LaneStream:
         stream = self._stream
-        if stream is not None and stream.has_unread:
+        busy = any(not task.done() for task in self._inflight)
+        if stream is not None and not busy and stream.has_unread:
             # between rounds nothing may arrive: the peer ended the stream (or broke it)
             self._drop_stream()
             stream = None
@@ -355,11 +390,14 @@ class PeerChannel:
         self.stats.lanes += 1
         return lane
 
-    async def _round(self, ops: list[_Op]) -> None:
+    async def _send(self, ops: list[_Op]) -> FrameStream | LaneStream:
         stream = await self._ready_stream()
         rows = [op.rows.reshape(-1, op.rows.shape[-1]) for op in ops if op.rows is not None]
         tensors = [torch.cat(rows) if len(rows) > 1 else rows[0]] if rows else []
+        steps = sum(op.is_step for op in ops)
+        trace.mark("round.send", self.peer_id, steps)
         await stream.send({"type": "round", "ops": [op.header for op in ops]}, tensors)
+        trace.mark("round.sent", self.peer_id, steps)
         now = asyncio.get_running_loop().time()
         for op in ops:
             if op.is_step:
@@ -369,11 +407,16 @@ class PeerChannel:
         self.stats.rounds += 1
         self.stats.ops += len(ops)
         self.stats.widest = max(self.stats.widest, sum(op.is_step for op in ops))
+        return stream
+
+    async def _receive(self, stream: FrameStream | LaneStream, ops: list[_Op]) -> None:
+        steps = sum(op.is_step for op in ops)
         try:
             async with asyncio.timeout(ROUND_TIMEOUT):
                 frame = await stream.recv()
         except TimeoutError:
             raise RequestTimeoutError(f"no answer to a round in {ROUND_TIMEOUT:.0f} s") from None
+        trace.mark("round.reply", self.peer_id, steps)
         now = asyncio.get_running_loop().time()
         for op in ops:
             self.whereabouts.back(str(op.header.get("session")), self, now)
@@ -381,8 +424,8 @@ class PeerChannel:
             header = frame.header
             error = WireError(str(header.get("code", "error")), str(header.get("message", "")))
             self._fail(ops, error)
-            if error.code != BAD_REQUEST:  # e.g. too large: the peer resets the stream after it
-                self._drop_stream()
+            if error.code != BAD_REQUEST and stream is self._stream:  # e.g. too large: the
+                self._drop_stream()  # peer resets the stream after it
             return
         results = frame.header.get("results")
         if frame.header.get("type") != "round" or not isinstance(results, list):
@@ -443,6 +486,7 @@ class Channels:
                 self.window,
                 self.lanes,
                 self.groups,
+                self.groups,  # one round in flight per group
                 self.whereabouts,
             )
             self._channels[peer_id] = channel

@@ -571,6 +571,68 @@ def test_a_round_answers_each_op_and_a_bad_frame_keeps_the_stream(
     assert first.popen.poll() is None
 
 
+def test_rounds_sent_back_to_back_are_answered_in_order_each_session_in_turn(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """Rounds pipeline at the peer: a client sends four rounds without waiting (an open and a
+    prefill, a step of that session, a step of another, a close), gets four answers in that
+    order, and each session's ops ran in turn (the second step saw the prefill's cache, the
+    close came after the step), with outputs equal to the same steps sent one at a time."""
+    first = peers[0]
+    peer_id = str(first.ready["peer_id"])
+    size = weights.config.hidden_size
+    opening = {"model": weights.model_hash, "start": 0, "end": 15, "max_length": 64, "batch": 1}
+
+    def step(session: str, n: int, position: int) -> dict[str, Any]:
+        return {"type": "step", "session": session, "seq": 1, "position": position, "shape": [1, n]}
+
+    prefill, token, other = (
+        torch.randn(5, size) * 0.5,
+        torch.randn(1, size) * 0.5,
+        torch.randn(3, size) * 0.5,
+    )
+    rounds: list[tuple[list[dict[str, Any]], list[torch.Tensor]]] = [
+        ([{"type": "open", "session": "p" * 16, **opening}, step("p" * 16, 5, 0)], [prefill]),
+        ([step("p" * 16, 1, 5)], [token]),
+        ([{"type": "open", "session": "q" * 16, **opening}, step("q" * 16, 3, 0)], [other]),
+        ([{"type": "close", "session": "p" * 16, "keep_alive": 0.0}], []),
+    ]
+
+    async def exchange(stream: Any, back_to_back: bool) -> list[Any]:
+        answers = []
+        for ops, tensors in rounds:
+            await stream.send({"type": "round", "ops": ops}, tensors)
+            if not back_to_back:
+                answers.append(await stream.recv())
+        while len(answers) < len(rounds):
+            answers.append(await stream.recv())
+        return answers
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            one_by_one = await exchange(await node.open_stream(peer_id, SESSIONS_PROTOCOL), False)
+            stream = await node.open_stream(peer_id, SESSIONS_PROTOCOL)
+            for ops, _ in rounds:  # the same session ids again: the first stream closed them
+                for op in ops:
+                    op["session"] = op["session"].upper()
+            pipelined = await exchange(stream, True)
+            kinds = [[r["type"] for r in a.header["results"]] for a in pipelined]
+            assert kinds == [["ok", "result"], ["result"], ["ok", "result"], ["closed"]], kinds
+            assert pipelined[1].header["results"][0]["length"] == 6  # after the prefill's 5
+            for alone, together in zip(one_by_one, pipelined, strict=True):
+                assert len(alone.tensors) == len(together.tensors)
+                for a, b in zip(alone.tensors, together.tensors, strict=True):
+                    torch.testing.assert_close(a, b)
+            status = await info(node, first)
+            assert status["sessions"] == 2  # each stream's Q; both P's are closed
+        finally:
+            await node.stop()
+
+    run(main())
+    assert first.popen.poll() is None
+
+
 def test_int8_peer_serves_close_logits(peers: list[Proc], weights: Weights) -> None:
     head = Head(weights)
     prompt = head.encode_chat(QUESTION)

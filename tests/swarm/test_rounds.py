@@ -106,3 +106,52 @@ def test_rounds_wait_for_a_session_in_the_client_as_long_as_its_passes_take(
         await channel.close()
 
     asyncio.run(main())
+
+
+class SlowPeerStream(EchoStream):
+    """Answers each round 20 ms after it was sent, without holding up the next send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outstanding = 0
+        self.most_outstanding = 0
+
+    async def send(self, header: dict[str, Any], tensors: list[torch.Tensor]) -> None:
+        ops = header["ops"]
+        self.rounds.append(sum(op["type"] == "step" for op in ops))
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        results = [{"type": "result", "session": op["session"]} for op in ops]
+        reply = Frame({"type": "round", "results": results}, list(tensors))
+
+        async def later() -> None:
+            await asyncio.sleep(0.02)
+            self.outstanding -= 1
+            self._replies.put_nowait(reply)
+
+        asyncio.get_running_loop().create_task(later())
+
+
+@pytest.mark.parametrize(("depth", "in_flight"), [(1, 1), (2, 2)])
+def test_with_depth_two_the_second_group_goes_out_before_the_first_is_answered(
+    depth: int, in_flight: int
+) -> None:
+    async def main() -> None:
+        stream = SlowPeerStream()
+        node = cast(P2PNode, FakeNode(stream))
+        channel = PeerChannel(node, "peer", [], window=0.005, lanes=False, groups=2, depth=depth)
+        rows = [torch.full((1, 1, 4), float(i)) for i in range(8)]
+        replies = await asyncio.gather(
+            *(
+                channel.call({"type": "step", "session": f"s{i}", "position": 0}, rows[i])
+                for i in range(8)
+            )
+        )
+        for i, (result, out) in enumerate(replies):  # answers matched to their rounds, in order
+            assert result["session"] == f"s{i}"
+            assert out is not None and torch.equal(out, rows[i])
+        assert stream.rounds == [4, 4]
+        assert stream.most_outstanding == in_flight
+        await channel.close()
+
+    asyncio.run(main())
