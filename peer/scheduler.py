@@ -153,7 +153,7 @@ class StepScheduler:
             try:
                 began = time.perf_counter()
                 # results leave the device here, so the measured time is the real compute
-                output = self.span.forward_many(hidden, caches).to("cpu", hidden.dtype)
+                output = self.span.forward_many(hidden, caches, to_host=True).to(hidden.dtype)
                 for row, i in enumerate(batch):
                     results[i] = output[row : row + 1]
                 self.stats.record(len(batch), time.perf_counter() - began)
@@ -168,12 +168,14 @@ class StepScheduler:
                 if item.session is None:
                     cache = self.span.new_cache()
                     try:
-                        output = self.span.forward(item.hidden, cache, 0)
+                        output = self.span.forward(item.hidden, cache, 0, to_host=True)
                     finally:
                         cache.release()
                 else:
-                    output = self.span.forward(item.hidden, item.session.cache, item.position)
-                results[i] = output.to("cpu", item.hidden.dtype)
+                    output = self.span.forward(
+                        item.hidden, item.session.cache, item.position, to_host=True
+                    )
+                results[i] = output.to(item.hidden.dtype)
                 self.stats.record(1, time.perf_counter() - began)
             except Exception as error:
                 results[i] = error

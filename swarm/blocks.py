@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from swarm import llama_span
 from swarm.cuda_graphs import DecodeGraphs
-from swarm.kv_pages import PagedCache, PagePool
+from swarm.kv_pages import PagedCache, PagePool, page_tables
 from swarm.models.skeleton import build_span_module
 from swarm.models.weights import Weights
 
@@ -153,11 +153,16 @@ class Span:
 
     @torch.inference_mode()
     def forward(
-        self, hidden: torch.Tensor, cache: Cache, position: int | None = None
+        self,
+        hidden: torch.Tensor,
+        cache: Cache,
+        position: int | None = None,
+        to_host: bool = False,
     ) -> torch.Tensor:
         """Run `hidden[batch, n, h]` placed at positions [position, position + n).
 
         `position` defaults to the cache length; a position below it rolls the cache back first.
+        `to_host`: the output comes back on the host (a peer sends it on), in the span's dtype.
         """
         position = self._check(hidden, cache, position)
         cache.rollback(position)
@@ -170,7 +175,7 @@ class Span:
             cache.prepare(batch, end)
             positions = torch.arange(position, end).expand(batch, n)
             table = cache.page_table(self.pool.pages_for(end))
-            out = self._run_paged(x, positions, table)
+            out = self._run_paged(hidden, positions, table, to_host)
             cache.advance(end)
             return out
         positions = torch.arange(position, position + n, device=self.device).expand(batch, n)
@@ -179,25 +184,30 @@ class Span:
         )
         cache.batch = batch
         result: torch.Tensor = output.last_hidden_state
-        return result
+        return result.to("cpu") if to_host else result
 
     def _run_paged(
-        self, x: torch.Tensor, positions: torch.Tensor, table: torch.Tensor
+        self, hidden: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, to_host: bool
     ) -> torch.Tensor:
+        """`hidden`, `positions` and `table` as they come (on the host, from the wire)."""
         assert self.pool is not None
-        positions = positions.to(self.device, non_blocking=True)
-        table = table.to(self.device, non_blocking=True)
-        if self.use_graphs and x.shape[1] == 1 and self.quant == "none":
+        if self.use_graphs and hidden.shape[1] == 1 and self.quant == "none":
             if self._graphs is None:
                 self._graphs = DecodeGraphs(self.module, self.pool, self.hidden_size)  # type: ignore[arg-type]
-            if self._graphs.fits(x.shape[0], table.shape[1]):
-                return self._graphs.run(x, positions, table)
+            if self._graphs.fits(hidden.shape[0], table.shape[1]):
+                return self._graphs.run(hidden, positions, table, to_host)
+        x = hidden.to(device=self.device, dtype=self.dtype)
+        positions = positions.to(self.device, non_blocking=True)
+        table = table.to(self.device, non_blocking=True)
         out: torch.Tensor = self.module(x, positions, table, self.pool)
-        return out
+        return out.to("cpu") if to_host else out
 
     @torch.inference_mode()
-    def forward_many(self, hidden: torch.Tensor, caches: list[Cache]) -> torch.Tensor:
-        """One decode step of several sessions as one batched forward.
+    def forward_many(
+        self, hidden: torch.Tensor, caches: list[Cache], to_host: bool = False
+    ) -> torch.Tensor:
+        """One decode step of several sessions as one batched forward (`to_host`: see
+        `forward`).
 
         `hidden[k, 1, h]` holds one new position for each of `k` sessions, each of batch 1 and
         with a non-empty cache. Paged caches are read in place through a page table; other
@@ -214,15 +224,14 @@ class Span:
             paged = cast(list[PagedCache], caches)  # a paged span hands out only these
             for cache, length in zip(paged, lengths, strict=True):
                 cache.prepare(1, length + 1)
-            pages = self.pool.pages_for(max(lengths) + 1)
-            table = torch.cat([cache.page_table(pages) for cache in paged])
+            table = page_tables(paged, self.pool.pages_for(max(lengths) + 1))
             positions = torch.tensor(lengths, dtype=torch.int64).unsqueeze(1)
-            x = hidden.to(device=self.device, dtype=self.dtype)
-            out = self._run_paged(x, positions, table)
+            out = self._run_paged(hidden, positions, table, to_host)
             for cache, length in zip(paged, lengths, strict=True):
                 cache.advance(length + 1)
             return out
-        return self._forward_many_padded(hidden, caches)  # type: ignore[arg-type]
+        result = self._forward_many_padded(hidden, caches)  # type: ignore[arg-type]
+        return result.to("cpu") if to_host else result
 
     def _forward_many_padded(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
         lengths = [cache.length for cache in caches]

@@ -36,8 +36,7 @@ def bucket(value: int, smallest: int = 1) -> int:
 class _Captured:
     graph: torch.cuda.CUDAGraph
     hidden: torch.Tensor  # [rows, 1, h]
-    positions: torch.Tensor  # [rows, 1]
-    table: torch.Tensor  # [rows, pages]
+    indices: torch.Tensor  # [rows, 1 + pages]: each row's position, then its page table
     output: torch.Tensor
 
 
@@ -54,8 +53,8 @@ class DecodeGraphs:
     def _capture(self, rows: int, pages: int) -> _Captured:
         device, dtype = self.pool.device, self.pool.dtype
         hidden = torch.zeros(rows, 1, self.hidden_size, device=device, dtype=dtype)
-        positions = torch.zeros(rows, 1, device=device, dtype=torch.int64)
-        table = torch.zeros(rows, pages, device=device, dtype=torch.int64)
+        indices = torch.zeros(rows, 1 + pages, device=device, dtype=torch.int64)
+        positions, table = indices[:, :1], indices[:, 1:]  # one copy in per step, not two
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
@@ -66,12 +65,14 @@ class DecodeGraphs:
         with torch.cuda.graph(graph):
             output = self.module(hidden, positions, table, self.pool)
         log.info("captured a decode graph for %d rows x %d pages", rows, pages)
-        return _Captured(graph, hidden, positions, table, output)
+        return _Captured(graph, hidden, indices, output)
 
     def run(
-        self, hidden: torch.Tensor, positions: torch.Tensor, table: torch.Tensor
+        self, hidden: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, to_host: bool
     ) -> torch.Tensor:
-        """The decode step of `hidden[rows, 1, h]` (all tensors already on the device)."""
+        """The decode step of `hidden[rows, 1, h]` at `positions[rows, 1]` over `table[rows,
+        pages]`, all three on the host: they go in with two copies from pinned memory; with
+        `to_host` the output comes back the same way (else a device tensor)."""
         if self.pool.generation != self._generation:
             self._graphs.clear()
             self._generation = self.pool.generation
@@ -80,10 +81,19 @@ class DecodeGraphs:
         captured = self._graphs.get(key)
         if captured is None:
             captured = self._graphs[key] = self._capture(*key)
-        captured.hidden[:rows].copy_(hidden)
-        captured.positions.zero_()
-        captured.positions[:rows].copy_(positions)
-        captured.table.zero_()
-        captured.table[:rows, :pages].copy_(table)
+        # padding rows and pages point at the scratch page, position 0
+        indices = torch.zeros(captured.indices.shape, dtype=torch.int64, pin_memory=True)
+        indices[:rows, :1] = positions
+        indices[:rows, 1 : 1 + pages] = table
+        captured.indices.copy_(indices, non_blocking=True)
+        rows_in = hidden.to(self.pool.dtype)
+        if rows_in.device.type == "cpu":
+            rows_in = rows_in.pin_memory()
+        captured.hidden[:rows].copy_(rows_in, non_blocking=True)
         captured.graph.replay()
-        return captured.output[:rows].clone()
+        if not to_host:
+            return captured.output[:rows].clone()
+        out = torch.empty(captured.output[:rows].shape, dtype=self.pool.dtype, pin_memory=True)
+        out.copy_(captured.output[:rows], non_blocking=True)
+        torch.cuda.current_stream(self.pool.device).synchronize()
+        return out

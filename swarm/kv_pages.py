@@ -104,6 +104,17 @@ class PagePool:
         self.generation += 1
 
 
+def page_tables(caches: list[PagedCache], pages: int) -> torch.Tensor:
+    """The rows of all `caches`, in order, as one page table of `pages` columns (CPU int64),
+    padded with the scratch page: one tensor built from lists (a decode step's host work)."""
+    table = []
+    for cache in caches:
+        for row in cache.rows:
+            used = row[:pages]
+            table.append(used + [0] * (pages - len(used)))
+    return torch.tensor(table, dtype=torch.int64).view(-1, pages)
+
+
 @dataclass
 class PagedCache:
     """One session's KV cache in a `PagePool`: pages per row, and the cached length."""
@@ -142,11 +153,7 @@ class PagedCache:
 
     def page_table(self, pages: int) -> torch.Tensor:
         """Rows' page ids, padded with the scratch page to `pages` columns (CPU int64)."""
-        table = torch.zeros(len(self.rows), pages, dtype=torch.int64)
-        for r, row in enumerate(self.rows):
-            used = row[:pages]
-            table[r, : len(used)] = torch.tensor(used, dtype=torch.int64)
-        return table
+        return page_tables([self], pages)
 
     def shrink(self) -> None:
         """Give back the pages past the cached length (a kept session will not grow)."""
