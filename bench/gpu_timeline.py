@@ -40,7 +40,8 @@ def main() -> None:
     try:
         base_url = f"{proc.ready['url']}/v1"
         for streams in args.streams:
-            asyncio.run(many_streams(base_url, streams, 16))  # warm up (CUDA graph buckets)
+            # warm up at full length: the peers capture a CUDA graph per (rows, pages) bucket
+            asyncio.run(many_streams(base_url, streams, args.tokens))
             began = time.perf_counter()
             result = asyncio.run(many_streams(base_url, streams, args.tokens))
             runs.append((streams, began, time.perf_counter(), result))

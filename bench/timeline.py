@@ -114,7 +114,7 @@ def segments(trace: Trace, begin: float, end: float) -> dict[str, list[float]]:
 def _turnarounds(trace: Trace, begin: float, end: float, out: dict[str, list[float]]) -> None:
     gw = [ev for ev in trace.gateway if begin <= ev[0] < end]
     head_starts = [t for t, e, *_ in gw if e == "head.start"]
-    head_ends = _of(gw, "head.end")
+    head_ends = [t for t, e, *_ in gw if e == "head.end"]
     sends: dict[str, list[float]] = defaultdict(list)
     for t, e, p, n in gw:
         if e == "round.send" and n:
@@ -131,7 +131,10 @@ def _turnarounds(trace: Trace, begin: float, end: float, out: dict[str, list[flo
         nxt_head = _after(head_starts, t)
         if nxt_head is not None and nxt_head - t < 0.5:
             out[f"gateway: {p} reply → head pass"].append(nxt_head - t)
-    for t_start, (t_end, *_) in zip(head_starts, head_ends, strict=False):
+    for t_start in head_starts:  # one pass at a time: its end is the first after its start
+        t_end = _after(head_ends, t_start)
+        if t_end is None:
+            continue
         out["gateway: head pass"].append(t_end - t_start)
         for peer, times in sends.items():
             nxt = _after(times, t_end)
