@@ -43,6 +43,7 @@ SETUPS = {  # extra `up` flags of each setup
     "push": ["--push"],  # peer-to-peer push
     "one-group": ["--round-groups", "1"],  # every generation in one round
     "three-groups": ["--round-groups", "3"],  # three pipelined micro-batches
+    "serial-rounds": ["--rounds-in-flight", "1"],  # two groups, one round in flight (session 7)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         lanes=args.lanes,
         push=args.push,
         round_groups=args.round_groups,
+        rounds_in_flight=args.rounds_in_flight,
     )
 
     def ready(url: str) -> None:
@@ -70,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="split the generations decoding together into this many pipelined micro-batches "
         "(while one computes at a peer, the others are at the other peers)",
+    )
+    parser.add_argument(
+        "--rounds-in-flight",
+        type=int,
+        default=None,
+        help="rounds sent to a peer before its answer to the first is back (the peer pipelines "
+        "them); default: one per round group",
     )
     parser.add_argument(
         "--no-lanes",

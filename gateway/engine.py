@@ -135,6 +135,7 @@ class Engine:
         round_window: float = 0.005,
         lanes: bool = True,
         round_groups: int = 1,
+        rounds_in_flight: int | None = None,
         push: bool = False,
     ) -> None:
         self.node = node
@@ -160,8 +161,12 @@ class Engine:
         # one stream per peer, shared by every session; a round waits up to `round_window`
         # for the steps of the other generations decoding through that peer; a lane where the
         # peer offers one (swarm.lanes), else a libp2p stream; with `round_groups` > 1 the
-        # generations decoding together split into that many pipelined micro-batches
-        self.channels = Channels(node, window=round_window, lanes=lanes, groups=round_groups)
+        # generations decoding together split into that many pipelined micro-batches, and a
+        # peer gets `rounds_in_flight` rounds before it answers the first (default: one per
+        # group)
+        self.channels = Channels(
+            node, window=round_window, lanes=lanes, groups=round_groups, depth=rounds_in_flight
+        )
 
     def find_model(self, name: str) -> ServedModel | None:
         for model in self.models:

@@ -53,6 +53,7 @@ class GatewayConfig:
     round_window: float = 0.005
     lanes: bool = True  # sessions over lanes (TCP + Noise beside libp2p) where peers offer them
     round_groups: int = 1  # pipelined micro-batches the generations decoding together form
+    rounds_in_flight: int | None = None  # rounds a peer pipelines; None: one per round group
     push: bool = False  # peers push each hop's output straight to the next hop
 
 
@@ -100,6 +101,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         round_window=config.round_window,
         lanes=config.lanes,
         round_groups=config.round_groups,
+        rounds_in_flight=config.rounds_in_flight,
         push=config.push,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")

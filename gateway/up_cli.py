@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             lanes=args.lanes,
             push=args.push,
             round_groups=args.round_groups or (2 if args.device.startswith("cuda") else 1),
+            rounds_in_flight=args.rounds_in_flight,
         )
 
         def announce(url: str) -> None:
@@ -160,6 +161,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split the generations decoding together into this many pipelined micro-batches "
         "(while one computes at a peer, the others are at the other peers); "
         "default 2 with --device cuda, else 1",
+    )
+    parser.add_argument(
+        "--rounds-in-flight",
+        type=int,
+        default=None,
+        help="rounds sent to a peer before its answer to the first is back (the peer pipelines "
+        "them); default: one per round group",
     )
     parser.add_argument(
         "--no-lanes",

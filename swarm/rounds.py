@@ -466,12 +466,18 @@ class Channels:
     """One channel per peer, opened on first use and kept for later requests."""
 
     def __init__(
-        self, node: P2PNode, window: float = 0.0, lanes: bool = True, groups: int = 1
+        self,
+        node: P2PNode,
+        window: float = 0.0,
+        lanes: bool = True,
+        groups: int = 1,
+        depth: int | None = None,
     ) -> None:
         self.node = node
         self.window = window
         self.lanes = lanes
         self.groups = groups
+        self.depth = groups if depth is None else max(1, depth)  # rounds in flight per peer
         self.whereabouts = Whereabouts()
         self._channels: dict[str, PeerChannel] = {}
         self._sides: dict[str, PeerChannel] = {}
@@ -486,7 +492,7 @@ class Channels:
                 self.window,
                 self.lanes,
                 self.groups,
-                self.groups,  # one round in flight per group
+                self.depth,
                 self.whereabouts,
             )
             self._channels[peer_id] = channel
