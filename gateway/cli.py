@@ -72,13 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split the generations decoding together into this many pipelined micro-batches "
         "(while one computes at a peer, the others are at the other peers)",
     )
-    parser.add_argument(
-        "--rounds-in-flight",
-        type=int,
-        default=None,
-        help="rounds sent to a peer before its answer to the first is back (the peer pipelines "
-        "them); default: one per round group",
-    )
+    add_rounds_in_flight(parser)
     parser.add_argument(
         "--no-lanes",
         dest="lanes",
@@ -93,3 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)
+
+
+def add_rounds_in_flight(parser: argparse.ArgumentParser) -> None:
+    """`--rounds-in-flight`, shared by `gateway` and `up`."""
+    parser.add_argument(
+        "--rounds-in-flight",
+        type=int,
+        default=None,
+        help="rounds sent to a peer before its answer to the first is back (the peer pipelines "
+        "them); default: one per round group",
+    )

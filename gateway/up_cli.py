@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.cli import add_rounds_in_flight
 from gateway.server import GatewayConfig, run_gateway
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
@@ -162,13 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(while one computes at a peer, the others are at the other peers); "
         "default 2 with --device cuda, else 1",
     )
-    parser.add_argument(
-        "--rounds-in-flight",
-        type=int,
-        default=None,
-        help="rounds sent to a peer before its answer to the first is back (the peer pipelines "
-        "them); default: one per round group",
-    )
+    add_rounds_in_flight(parser)
     parser.add_argument(
         "--no-lanes",
         dest="lanes",
