@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import json
 import statistics
 from collections import defaultdict
@@ -142,6 +143,26 @@ def _turnarounds(trace: Trace, begin: float, end: float, out: dict[str, list[flo
                 out[f"gateway: head pass → {peer} round"].append(nxt - t_end)
 
 
+def request_steps(trace: Trace, begin: float, end: float) -> dict[str, list[float]]:
+    """For requests one at a time: the time from each gateway event of a request to the next
+    (`http.start` → `tokenized` → ... → `http.end`), keyed by the two events' names."""
+    out: dict[str, list[float]] = defaultdict(list)
+    current: list[Event] = []
+    for event in trace.gateway:
+        if not begin <= event[0] < end or event[1] == "op":
+            continue
+        if event[1] == "http.start":
+            current = [event]
+        elif current:
+            current.append(event)
+            if event[1] == "http.end":
+                for (t0, e0, p0, _), (t1, e1, p1, _) in itertools.pairwise(current):
+                    out[f"{e0} {p0}".strip() + " → " + f"{e1} {p1}".strip()].append(t1 - t0)
+                out["request (http.start → http.end)"].append(event[0] - current[0][0])
+                current = []
+    return out
+
+
 def busy_share(trace: Trace, begin: float, end: float) -> tuple[float, float]:
     """The share of [begin, end) some peer computed, and the sum of the peers' shares."""
     intervals = []
@@ -186,8 +207,17 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--skip-seconds", type=float, default=5.0, help="warm-up to leave out")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--requests", action="store_true", help="per request (sent one at a time), event to event"
+    )
     args = parser.parse_args()
     trace = load(args.folder)
+    if args.requests:
+        steps = request_steps(trace, *window(trace, args.skip_seconds))
+        print(f"{'from → to':<64} {'count':>6} {'p50 ms':>8}")
+        for name, values in sorted(steps.items(), key=lambda kv: -len(kv[1])):
+            print(f"{name:<64} {len(values):>6} {statistics.median(values) * 1e3:>8.2f}")
+        return
     table = report(trace, *window(trace, args.skip_seconds))
     if args.json:
         args.json.write_text(json.dumps(table, indent=2))

@@ -20,6 +20,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from swarm import trace
+
 log = logging.getLogger("swarmgate.access")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -79,6 +81,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
+        trace.mark("http.start")
         record = AccessRecord(request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)))
         scope.setdefault("state", {})[STATE_KEY] = record
         status = 500  # what the client gets if the app raises before answering
@@ -93,6 +96,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            trace.mark("http.end")
             self._log(scope, record, status, time.perf_counter() - began)
 
     def _log(self, scope: Scope, record: AccessRecord, status: int, seconds: float) -> None:

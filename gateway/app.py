@@ -37,6 +37,7 @@ from gateway.responses import (
 from gateway.sampling import SamplingParams
 from gateway.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.swarm_map import SwarmMap
+from swarm import trace
 
 DEFAULT_MAX_TOKENS = 2048
 RETRY_AFTER = 5
@@ -182,8 +183,10 @@ def create_app(
                 param="model",
             )
         prompt = await run_in_threadpool(model.head.encode_chat, body.template_messages())
+        trace.mark("tokenized", "", len(prompt))
         max_tokens = budget(model, prompt, body.effective_max_tokens(), "max_tokens")
         await admit(request, (len(prompt) + max_tokens) * (body.n or 1))
+        trace.mark("admitted")
         stop = body.stop_list()
         params = SamplingParams.from_request(body)
         params.check_vocab(model.head.vocab_size)

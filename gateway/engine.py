@@ -25,6 +25,7 @@ from gateway.routing import Bans, find_route
 from gateway.sampling import SampledToken, Sampler, SamplingParams
 from gateway.stops import StopMatcher
 from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
+from swarm import trace
 from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
@@ -414,6 +415,7 @@ class Engine:
         usage.prompt_tokens = len(prompt_ids)
         max_length = len(prompt_ids) + max_tokens
         started = await self._resume(model, prompt_ids, max_length) if n == 1 else None
+        trace.mark("resume.looked", "", int(started is not None))
         if n == 1:
             self.metrics.prefix_lookup(model.name, started is not None)
         if started is None:
@@ -422,6 +424,7 @@ class Engine:
             live = _Live(session, list(prompt_ids) if n == 1 else [])
         else:
             live, hidden = started
+        trace.mark("prefilled")
         choices = [
             _Choice(i, Sampler(params, i), StopMatcher(stops), IncrementalDecoder(head.decode))
             for i in range(n)
@@ -502,6 +505,7 @@ class Engine:
         except Exception:
             self.store_errors += 1
             log.warning("could not record a kept session", exc_info=True)
+        trace.mark("kept")
 
     def _advance(
         self, model: ServedModel, choice: _Choice, sampled: SampledToken, eos: set[int]

@@ -3,13 +3,19 @@
 Quiet means WARNING, except the gateway's access log (`swarmgate.access`, one line per HTTP
 request) which shows at INFO; an explicit level (`--log-level`, `SWARMGATE_LOG_LEVEL`) applies
 to every logger, the access log included.
+
+Records are written by a thread of their own (a `QueueListener`): a logging call on an event
+loop costs a queue put, never a write to a stderr pipe that a slow reader may have filled.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import time
 
@@ -33,7 +39,32 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted before the hand-off (`_Handoff`)
+            data["exc"] = record.exc_text
         return json.dumps(data, default=str)
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues records for the writer thread, their message and traceback rendered here (the
+    arguments may change once the call returns); `extra` fields travel with the record."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    """Write what is queued and stop the writer thread (at exit, or before a new set-up)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
 
 
 def quiet_third_party_logs() -> None:
@@ -59,8 +90,15 @@ def setup_logging(level: str | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    global _listener
+    _stop_listener()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+    atexit.unregister(_stop_listener)  # once, however often the set-up runs
+    atexit.register(_stop_listener)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Handoff(records)]
     root.setLevel(level_name)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if explicit else logging.INFO)
     logging.Formatter.converter = time.gmtime

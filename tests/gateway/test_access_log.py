@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -12,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.engine import Engine
+from swarm import logs
 from swarm.logs import ACCESS_LOGGER, JsonFormatter, setup_logging
 from tests.metrics_text import value
 
@@ -117,6 +121,7 @@ def restore_logging() -> Iterator[None]:
     try:
         yield
     finally:
+        logs._stop_listener()
         root.handlers[:], _, _ = saved
         root.setLevel(saved[1])
         access.setLevel(saved[2])
@@ -134,3 +139,40 @@ def test_access_log_shows_by_default_while_the_rest_stays_quiet(
     assert not logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.WARNING)
     setup_logging("debug")
     assert logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.DEBUG)
+
+
+class ThreadRecordingStream(io.StringIO):
+    """A stderr that remembers which threads wrote to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread().name)
+        return super().write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_records_are_written_by_a_thread_of_their_own_with_fields_and_traceback(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logging call on the event loop never writes to stderr itself (a full pipe would
+    stall the loop): the writer thread does, and the line keeps the message's arguments,
+    the `extra` fields and the traceback."""
+    stream = ThreadRecordingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.delenv("SWARMGATE_LOG_LEVEL", raising=False)
+    setup_logging()
+    log = logging.getLogger("swarmgate.gateway")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.error("step %d failed", 7, exc_info=True, extra={"peer": "abc"})
+    logs._stop_listener()  # what exit does: write what is queued
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert line["msg"] == "step 7 failed" and line["peer"] == "abc" and line["level"] == "error"
+    assert "ValueError: boom" in line["exc"]
+    assert threading.current_thread().name not in stream.writers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -50,11 +51,16 @@ def stream_chat(
 
 
 def access_line(proc: Proc, request_id: str) -> dict[str, Any]:
-    lines = [
-        json.loads(line)
-        for line in proc.lines
-        if line.startswith("{") and f'"request_id": "{request_id}"' in line
-    ]
+    """The request's access-log line (logs are written by a thread of their own: wait for it)."""
+    for _ in range(100):
+        lines = [
+            json.loads(line)
+            for line in proc.lines
+            if line.startswith("{") and f'"request_id": "{request_id}"' in line
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
     assert len(lines) == 1, proc.output[-3000:]
     return lines[0]
 
