@@ -150,20 +150,43 @@ class RoundServer:
                 work = self._run_round(ops)  # the sessions' places in line are taken now
                 rounds.append(asyncio.create_task(self._answer(before, work)))
         finally:
-            for task in rounds:
-                task.cancel()
-            for task in rounds:  # a session is detached only once nothing runs its ops
-                with contextlib.suppress(BaseException):
-                    await task
-            for sid in list(self.attached):
-                self._detach(sid, None)
+            try:
+                # a session is detached only once nothing runs its ops: the rounds in progress
+                # finish their compute (their answers fail fast on a dead stream)
+                pending = [r for r in rounds if not r.done()]
+                if pending:
+                    try:
+                        await asyncio.wait(pending)
+                    except asyncio.CancelledError:  # the server itself stops
+                        for task in pending:
+                            task.cancel()
+                        raise
+            finally:
+                for sid in list(self.attached):
+                    self._detach(sid, None)
 
     async def _answer(
         self,
         before: asyncio.Task[None] | None,
         work: dict[str, Any] | Awaitable[tuple[list[dict[str, Any]], list[torch.Tensor]]],
     ) -> None:
-        """Send one round's answer (or a frame's error) after the answers of earlier rounds."""
+        """Send one round's answer (or a frame's error) after the answers of earlier rounds.
+
+        An answer that cannot be sent resets the stream: the client must not take the next
+        round's answer for this one."""
+        try:
+            await self._send_answer(before, work)
+        except (StreamClosedError, StreamResetError):
+            pass  # the client went away: the stream's end detaches its sessions
+        except BaseException:
+            self.stream.reset_nowait()
+            raise
+
+    async def _send_answer(
+        self,
+        before: asyncio.Task[None] | None,
+        work: dict[str, Any] | Awaitable[tuple[list[dict[str, Any]], list[torch.Tensor]]],
+    ) -> None:
         if isinstance(work, dict):
             header, tensors = work, []
         else:
@@ -174,12 +197,9 @@ class RoundServer:
         if before is not None:
             with contextlib.suppress(BaseException):  # its failure ends the stream anyway
                 await before
-        try:
-            trace.mark("peer.reply", self.stream.remote_peer_id, len(header.get("results", ())))
-            await self.stream.send(header, tensors)
-            trace.mark("peer.replied", self.stream.remote_peer_id, len(header.get("results", ())))
-        except (StreamClosedError, StreamResetError):
-            pass  # the client went away: the stream's end detaches its sessions
+        trace.mark("peer.reply", self.stream.remote_peer_id, len(header.get("results", ())))
+        await self.stream.send(header, tensors)
+        trace.mark("peer.replied", self.stream.remote_peer_id, len(header.get("results", ())))
 
     def _forget_expired(self) -> None:
         """Drop sessions the peer expired (idle too long) while this stream stayed open."""
@@ -199,7 +219,7 @@ class RoundServer:
 
     def _run_round(
         self, ops: list[_Op]
-    ) -> Awaitable[tuple[list[dict[str, Any]], list[torch.Tensor]]]:
+    ) -> asyncio.Task[tuple[list[dict[str, Any]], list[torch.Tensor]]]:
         """Start a round's ops (each session's after its ops of earlier rounds); its results.
 
         Called in the order the rounds came: each session's place in line is taken here."""
@@ -209,6 +229,8 @@ class RoundServer:
         for i, op in enumerate(ops):
             sid = op.header.get("session")
             key = sid if isinstance(sid, str) else f"#{i}"  # malformed: fails on its own
+            if op.header.get("type") == "push":  # a push never waits behind its session's step
+                key = f"push#{i}"
             by_session.setdefault(key, []).append(i)
         loop = asyncio.get_running_loop()
         turns = []
@@ -252,7 +274,9 @@ class RoundServer:
             done = [r if r is not None else error_header("internal", "not run") for r in results]
             return done, [o for o in outputs if o is not None]
 
-        return run_all()
+        # a task of its own, started now: the ops run (and their turns pass on) whatever
+        # happens to the task that answers them
+        return asyncio.get_running_loop().create_task(run_all())
 
     async def _run_op(self, op: _Op) -> tuple[dict[str, Any], torch.Tensor | None]:
         header = op.header

@@ -167,7 +167,6 @@ class Span:
         position = self._check(hidden, cache, position)
         cache.rollback(position)
         batch, n = hidden.shape[0], hidden.shape[1]
-        x = hidden.to(device=self.device, dtype=self.dtype)
         if isinstance(cache, PagedCache):
             assert self.pool is not None
             self.pool.begin_step()
@@ -179,6 +178,7 @@ class Span:
             cache.advance(end)
             return out
         positions = torch.arange(position, position + n, device=self.device).expand(batch, n)
+        x = hidden.to(device=self.device, dtype=self.dtype)
         output = self.module(
             inputs_embeds=x, position_ids=positions, cache=cache.kv, use_cache=True
         )

@@ -11,6 +11,7 @@ loop costs a queue put, never a write to a stderr pipe that a slow reader may ha
 from __future__ import annotations
 
 import atexit
+import copy
 import json
 import logging
 import logging.handlers
@@ -49,6 +50,7 @@ class _Handoff(logging.handlers.QueueHandler):
     arguments may change once the call returns); `extra` fields travel with the record."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)  # other handlers still see the original
         record.msg, record.args = record.getMessage(), None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -64,6 +66,9 @@ def _stop_listener() -> None:
     global _listener
     if _listener is not None:
         _listener.stop()
+        direct = _listener.handlers[0]
+        root = logging.getLogger()  # records logged later go straight to the stream
+        root.handlers[:] = [direct if isinstance(h, _Handoff) else h for h in root.handlers]
         _listener = None
 
 
