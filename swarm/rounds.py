@@ -406,7 +406,7 @@ class PeerChannel:
                 op.on_sent()
         self.stats.rounds += 1
         self.stats.ops += len(ops)
-        self.stats.widest = max(self.stats.widest, sum(op.is_step for op in ops))
+        self.stats.widest = max(self.stats.widest, steps)
         return stream
 
     async def _receive(self, stream: FrameStream | LaneStream, ops: list[_Op]) -> None:
