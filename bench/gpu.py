@@ -44,6 +44,7 @@ SETUPS = {  # extra `up` flags of each setup
     "one-group": ["--round-groups", "1"],  # every generation in one round
     "three-groups": ["--round-groups", "3"],  # three pipelined micro-batches
     "serial-rounds": ["--rounds-in-flight", "1"],  # two groups, one round in flight (session 7)
+    "eager": ["--no-compile"],  # layers not compiled (session 8)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]

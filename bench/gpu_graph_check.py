@@ -1,8 +1,9 @@
 """On a GPU: the CUDA-graph decode path (host in and out) gives what the eager path gives.
 
 Random Llama-3-8B-shaped blocks 0-4 in bf16: a prefill, then decode steps of one session and of
-three sessions together (`forward_many`), once with graphs and once eager; prints the largest
-difference of the outputs (bf16 rounding only: both run the same kernels' math).
+three sessions together (`forward_many`), eager, with graphs, and with graphs of the compiled
+layers (`Span.compile_layers`); prints the largest differences of the outputs between them and
+against the same blocks in float32 (the compiled layers must be no further from it than eager).
 
     python bench/gpu_graph_check.py
 """
@@ -45,13 +46,29 @@ def main() -> None:
     eager = run(span, prompts, steps)
     span.use_graphs = True
     graphed = run(span, prompts, steps)
-    worst = max(
-        float((a.float() - b.float()).abs().max()) for a, b in zip(eager, graphed, strict=True)
-    )
+    assert span.compile_layers(), "torch.compile of the layers needs CUDA and Triton"
+    span._graphs = None
+    compiled = run(span, prompts, steps)
+    exact = Span(weights, 0, 4, dtype=torch.float32, device="cuda")
+    exact.use_graphs = False
+    reference = run(exact, [p.float() for p in prompts], [s.float() for s in steps])
     scale = max(float(a.float().abs().max()) for a in eager)
-    devices = {str(t.device) for t in graphed}
-    print(f"graph vs eager: max abs difference {worst:.4f} (outputs up to {scale:.2f}); {devices}")
-    assert devices == {"cpu"} and worst <= 0.02 * scale, "the graph path differs"
+
+    def worst(outputs: list[torch.Tensor], against: list[torch.Tensor]) -> float:
+        pairs = zip(outputs, against, strict=True)
+        return max(float((a.float() - b.float().cpu()).abs().max()) for a, b in pairs)
+
+    devices = {str(t.device) for t in graphed + compiled}
+    print(
+        f"outputs up to {scale:.2f}; max abs difference: graph vs eager {worst(graphed, eager):.4f}, "
+        f"compiled graph vs eager {worst(compiled, eager):.4f}; against float32: eager "
+        f"{worst(eager, reference):.4f}, graph {worst(graphed, reference):.4f}, compiled graph "
+        f"{worst(compiled, reference):.4f}; {devices}"
+    )
+    assert devices == {"cpu"} and worst(graphed, eager) <= 0.02 * scale, "the graph path differs"
+    assert worst(compiled, reference) <= 1.5 * worst(eager, reference) + 0.01 * scale, (
+        "the compiled layers are further from float32 than the eager ones"
+    )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def step_inputs(span: Span, caches: list[PagedCache]) -> tuple[torch.Tensor, ...
     return x, positions, table
 
 
-def graph_gpu_ms(span: Span, caches: list[PagedCache], replays: int) -> tuple[float, float]:
+def graph_gpu_ms(span: Span, caches: list[PagedCache], replays: int) -> tuple[float, float, Any]:
     """(GPU ms of one graph replay, wall ms of the peer's forward_many call), medians."""
     rows = torch.randn(len(caches), 1, span.hidden_size, dtype=span.dtype) * 0.1
     walls = []
@@ -146,62 +146,6 @@ def kernel_table(span: Span, caches: list[PagedCache], steps: int) -> dict[str, 
         return profiled(lambda: span.module(x, positions, table, pool), steps)
 
 
-def compiled_forward() -> Any:
-    """A LlamaBlock forward whose parts before and after attention are `torch.compile`d (their
-    norms, rotary and SiLU fused by Inductor); the cache writes and attention stay eager."""
-    import torch.nn.functional as F
-
-    from swarm import llama_span
-
-    @torch.compile(fullgraph=True, dynamic=False)
-    def before(block: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Any:
-        rows, n, _ = x.shape
-        q_size, kv_size = block.heads * block.head_dim, block.kv_heads * block.head_dim
-        qkv = block.qkv(llama_span._rms_norm(x, block.norm_in, block.eps))
-        qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
-        qk = llama_span._rotate(
-            qk.view(rows, n, block.heads + block.kv_heads, block.head_dim), cos, sin
-        )
-        q = qk[:, :, : block.heads].transpose(1, 2).contiguous()
-        k = qk[:, :, block.heads :].contiguous()
-        return q, k, v.view(rows, n, block.kv_heads, block.head_dim).contiguous()
-
-    @torch.compile(fullgraph=True, dynamic=False)
-    def after(block: Any, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        rows, n, _ = x.shape
-        x = x + block.o(out.transpose(1, 2).reshape(rows, n, block.heads * block.head_dim))
-        gate, up = block.gate_up(llama_span._rms_norm(x, block.norm_post, block.eps)).chunk(
-            2, dim=-1
-        )
-        return x + block.down(F.silu(gate) * up)
-
-    def forward(
-        self: Any,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        write_pages: torch.Tensor,
-        write_offsets: torch.Tensor,
-        read_pages: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        rows = x.shape[0]
-        q, k, v = before(self, x, cos, sin)
-        keys[write_pages, write_offsets] = k
-        values[write_pages, write_offsets] = v
-        length = read_pages.shape[1] * keys.shape[1]
-        past_k = keys[read_pages].view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        past_v = values[read_pages].view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, past_k, past_v, attn_mask=mask, scale=self.scaling, enable_gqa=True
-        )
-        return after(self, x, out)
-
-    return forward
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--blocks", type=int, default=16)
@@ -226,14 +170,11 @@ def main() -> None:
     variants = ["eager layers"] + (["compiled layers"] if args.compile else [])
     for variant in variants:
         if variant == "compiled layers":
-            from swarm import llama_span
-
             reference = reference_outputs(span, args.context)
-            llama_span.LlamaBlock.forward = compiled_forward()  # type: ignore[method-assign]
+            assert span.compile_layers()
             span._graphs = None
-            diff = (
-                reference_outputs(span, args.context) - reference
-            ).abs().max() / reference.abs().max()
+            diff = (reference_outputs(span, args.context) - reference).abs().max()
+            diff = diff / reference.abs().max()
             print(f"compiled vs eager: max relative difference {float(diff):.5f}", flush=True)
         run_variant(variant, span, args, floor_ms, results)
     out = Path(os.environ.get("OUT", "bench-out"))

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     extra = ["--dtype", args.dtype, "--device", args.device]
     extra += ["--metrics-port", "0"] if args.peer_metrics else []
     extra += [] if args.lanes else ["--no-lanes"]
+    extra += [] if args.compile else ["--no-compile"]
     try:
         bootstrap: str | None = None
         print(
@@ -175,6 +176,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="peer-to-peer push: each peer sends its output straight to the next peer of the "
         "chain instead of back through the gateway (for a gateway far from its peers)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="on CUDA, the peers run their layers eagerly (no torch.compile of fused parts)",
     )
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

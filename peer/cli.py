@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         lanes=args.lanes,
         push=args.push,
         lane_port=args.lane_port,
+        compile=args.compile,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
     try:
@@ -122,6 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="push",
         action="store_false",
         help="never send step outputs straight to the next peer (clients then relay them)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="on CUDA, run the layers eagerly (no torch.compile of their fused parts)",
     )
     parser.add_argument(
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"

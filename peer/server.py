@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,9 @@ from swarm.wire import WireLimits
 
 log = logging.getLogger("swarmgate.peer")
 VERSION = "0.1.0"
+# decode graphs captured at start (CUDA): rows up to the graphs' limit, contexts up to 1024
+DECODE_GRAPH_ROWS = [1, 2, 4, 8, 16, 32, 64]
+DECODE_GRAPH_PAGES = [4, 8, 16, 32]
 
 
 @dataclass
@@ -76,6 +80,7 @@ class PeerConfig:
     lanes: bool = True  # offer sessions over lanes (TCP + Noise beside libp2p; swarm.lanes)
     push: bool = True  # send step outputs straight to the next hop when the client asks
     lane_port: int = 0  # on the libp2p listen address's host (0: a free port)
+    compile: bool = True  # on CUDA: compile the layers' parts around attention (Triton)
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -235,6 +240,14 @@ class PeerServer:
             if config.quant != "none":
                 quantize_linears(span.module, config.quant, self.dtype)  # type: ignore[arg-type]
                 span.quant = config.quant
+            if config.compile and span.compile_layers():
+                log.info("compiling the layers' fused parts (first steps of each shape)")
+            started = time.monotonic()
+            captured = span.capture_decode_graphs(DECODE_GRAPH_ROWS, DECODE_GRAPH_PAGES)
+            if captured:
+                log.info(
+                    "captured %d decode graphs in %.1f s", captured, time.monotonic() - started
+                )
             return span
 
         # built on the compute thread: measured 1.8x slower decode when built on another thread

@@ -13,6 +13,7 @@ CUDA graphs for decode on GPUs); every other family runs transformers' own modul
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import cast
@@ -112,6 +113,33 @@ class Span:
                 weights.config, weights.layout, start, end, tensors, dtype, self.device
             )
             self.max_positions = int(getattr(weights.config, "max_position_embeddings", 1 << 20))
+
+    def compile_layers(self) -> bool:
+        """Compile the paged layers' parts around attention (CUDA with Triton, unquantized);
+        False where that does not apply. Each shape compiles at its first step (see
+        `capture_decode_graphs` to do that at start)."""
+        if self.device.type != "cuda" or self.quant != "none" or self.pool is None:
+            return False
+        if importlib.util.find_spec("triton") is None:
+            return False
+        llama_span.compile_layers(self.module)  # type: ignore[arg-type]
+        return True
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, rows: list[int], pages: list[int]) -> int:
+        """Capture the decode graphs of these buckets now (a peer's start), so that no first
+        request of a new size stalls for a capture (and a compile). Returns graphs captured."""
+        if not self.use_graphs or self.pool is None or self.quant != "none":
+            return 0
+        if self._graphs is None:
+            self._graphs = DecodeGraphs(self.module, self.pool, self.hidden_size)  # type: ignore[arg-type]
+        count = 0
+        for row_count in rows:
+            for page_count in pages:
+                if self._graphs.fits(row_count, page_count):
+                    self._graphs.prepare(row_count, page_count)
+                    count += 1
+        return count
 
     @property
     def num_blocks(self) -> int:

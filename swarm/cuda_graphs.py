@@ -67,6 +67,12 @@ class DecodeGraphs:
         log.info("captured a decode graph for %d rows x %d pages", rows, pages)
         return _Captured(graph, hidden, indices, output)
 
+    def prepare(self, rows: int, pages: int) -> None:
+        """Capture the bucket of (`rows`, `pages`) now, not at its first step."""
+        key = (bucket(rows), bucket(pages, 4))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(*key)
+
     def run(
         self, hidden: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, to_host: bool
     ) -> torch.Tensor:
