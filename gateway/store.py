@@ -15,14 +15,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger("swarmgate.store")
 
 KEY_PREFIX = "sg:"
-BUCKET_TOKENS = 32  # records are bucketed by the hash of their first tokens
+# records are bucketed by the hash of their first tokens: few enough that chats which differ
+# only after a shared system prompt (SmolLM2's default: 24 tokens) meet in one bucket and reuse it
+BUCKET_TOKENS = 16
+MAX_BUCKET_RECORDS = 64  # per bucket: the records closest to expiry go first
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,13 @@ def best_match(
     return [c for _, c in ranked]
 
 
+def _beyond_limit(records: Iterable[KeptSession], room: int = 0) -> list[str]:
+    """Session ids to drop so that a bucket keeps `MAX_BUCKET_RECORDS - room` records: those
+    closest to expiry (the peers still end their sessions on their own idle timeout)."""
+    ordered = sorted(records, key=lambda r: r.expires)
+    return [r.session_id for r in ordered[: max(0, len(ordered) - MAX_BUCKET_RECORDS + room)]]
+
+
 class SessionStore(Protocol):
     name: str
 
@@ -119,6 +129,8 @@ class MemoryStore:
         for stale in [sid for sid, r in bucket.items() if r.expires <= now]:
             del bucket[stale]
         bucket[kept.session_id] = kept
+        for extra in _beyond_limit(bucket.values()):
+            del bucket[extra]
 
     async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None:
         bucket = self.buckets.get(bucket_key(model_hash, prompt), {})
@@ -154,13 +166,18 @@ class RedisStore:
             return
         key = bucket_key(kept.model_hash, kept.token_ids)
         ttl = max(1, int(kept.expires - time.time()))
-        stale = []
+        stale: list[Any] = []
+        records: dict[Any, KeptSession] = {}
         for field_name, value in (await self.client.hgetall(key)).items():
             try:
-                if KeptSession.from_json(value).expires <= time.time():
+                records[field_name] = record = KeptSession.from_json(value)
+                if record.expires <= time.time():
                     stale.append(field_name)
             except (ValueError, KeyError, TypeError):
                 stale.append(field_name)
+        if len(records) - len(stale) >= MAX_BUCKET_RECORDS:
+            live = [r for f, r in records.items() if f not in stale]
+            stale += _beyond_limit(live, room=1)  # room for the new record
         async with self.client.pipeline(transaction=True) as pipe:
             if stale:
                 pipe.hdel(key, *stale)

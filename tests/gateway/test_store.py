@@ -10,6 +10,7 @@ import redis
 
 from gateway.store import (
     BUCKET_TOKENS,
+    MAX_BUCKET_RECORDS,
     KeptSession,
     MemoryStore,
     RedisStore,
@@ -81,3 +82,36 @@ def test_a_record_that_diverges_from_the_prompt_keeps_the_common_prefix() -> Non
     assert reusable(kept("s", sampled), follow_up) == BUCKET_TOKENS
     assert reusable(kept("s", sampled), [*sampled, 3]) == len(sampled)  # a true prefix
     assert reusable(kept("s", sampled), [1, 2, 3]) == 0
+
+
+def test_chats_after_a_shared_system_prompt_meet(store: SessionStore) -> None:
+    """Two questions after the same 24-token system prompt: the second reuses the first's
+    caches for the shared part (the bucket is keyed by fewer tokens than the system prompt)."""
+    system = list(range(100, 124))
+    assert len(system) > BUCKET_TOKENS
+
+    async def main() -> None:
+        await store.put(kept("france", [*system, 1, 2, 3, 4]))
+        match = await store.take("m", [*system, 5, 6, 7])
+        assert match is not None and match.session_id == "france"
+        assert reusable(match, [*system, 5, 6, 7]) == len(system)
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_bucket_keeps_its_latest_records(store: SessionStore) -> None:
+    base = list(range(BUCKET_TOKENS))
+
+    async def main() -> None:
+        for i in range(MAX_BUCKET_RECORDS + 3):
+            # later records expire later; record i holds base + [i]
+            await store.put(kept(f"s{i}", [*base, i], ttl=60.0 + i))
+        taken = []
+        while (record := await store.take("m", [*base, 10_000])) is not None:
+            taken.append(record.session_id)
+        assert len(taken) == MAX_BUCKET_RECORDS
+        assert {"s0", "s1", "s2"}.isdisjoint(taken)  # the three closest to expiry were dropped
+        await store.close()
+
+    asyncio.run(main())
