@@ -128,9 +128,9 @@ class MemoryStore:
         bucket = self.buckets.setdefault(bucket_key(kept.model_hash, kept.token_ids), {})
         for stale in [sid for sid, r in bucket.items() if r.expires <= now]:
             del bucket[stale]
-        bucket[kept.session_id] = kept
-        for extra in _beyond_limit(bucket.values()):
+        for extra in _beyond_limit(bucket.values(), room=1):  # room for the new record
             del bucket[extra]
+        bucket[kept.session_id] = kept
 
     async def take(self, model_hash: str, prompt: Sequence[int]) -> KeptSession | None:
         bucket = self.buckets.get(bucket_key(model_hash, prompt), {})
@@ -175,8 +175,8 @@ class RedisStore:
                     stale.append(field_name)
             except (ValueError, KeyError, TypeError):
                 stale.append(field_name)
-        if len(records) - len(stale) >= MAX_BUCKET_RECORDS:
-            live = [r for f, r in records.items() if f not in stale]
+        live = [r for f, r in records.items() if f not in stale]
+        if len(live) >= MAX_BUCKET_RECORDS:
             stale += _beyond_limit(live, room=1)  # room for the new record
         async with self.client.pipeline(transaction=True) as pipe:
             if stale:

@@ -242,13 +242,17 @@ class PeerServer:
                 span.quant = config.quant
             if config.compile and span.compile_layers():
                 log.info("compiling the layers' fused parts (first steps of each shape)")
+            return span
+
+        def prepare_decode() -> None:
+            """Graphs (and compiles) of the common decode sizes, once the pool has its final
+            size: growing the pool drops the graphs captured before."""
             started = time.monotonic()
             captured = span.capture_decode_graphs(DECODE_GRAPH_ROWS, DECODE_GRAPH_PAGES)
             if captured:
                 log.info(
                     "captured %d decode graphs in %.1f s", captured, time.monotonic() - started
                 )
-            return span
 
         # built on the compute thread: measured 1.8x slower decode when built on another thread
         span = await loop.run_in_executor(self.compute, build)
@@ -271,6 +275,7 @@ class PeerServer:
         slack = 64 * span.page_size
         up_front = total if self.device.type == "cuda" else min(total, 8192)
         await loop.run_in_executor(self.compute, span.reserve_cache, up_front + slack)
+        await loop.run_in_executor(self.compute, prepare_decode)
         sessions = SessionTable(span, budget, config.idle_timeout)
         scheduler = StepScheduler(
             span,

@@ -65,7 +65,7 @@ def measure_throughput(span: Span, model_hash: str, cache_file: Path | None = No
             model_hash[:16],
             f"{span.start}:{span.end}",
             str(span.dtype),
-            span.quant,
+            span.quant + ("+compiled" if span.compiled else ""),
         ]
     )
     try:

@@ -14,6 +14,7 @@ CUDA graphs for decode on GPUs); every other family runs transformers' own modul
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import cast
@@ -29,6 +30,8 @@ from swarm.cuda_graphs import DecodeGraphs
 from swarm.kv_pages import PagedCache, PagePool, page_tables
 from swarm.models.skeleton import build_span_module
 from swarm.models.weights import Weights
+
+log = logging.getLogger("swarmgate.blocks")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Span:
         self.dtype = dtype
         self.device = torch.device(device)
         self.quant = "none"
+        self.compiled = False  # layers compiled (`compile_layers`)
         self.hidden_size = int(weights.config.hidden_size)
         self.block_hashes = tuple(weights.block_hash(i) for i in range(start, end))
         indices = range(start, end)
@@ -123,6 +127,7 @@ class Span:
         if importlib.util.find_spec("triton") is None:
             return False
         llama_span.compile_layers(self.module)  # type: ignore[arg-type]
+        self.compiled = True
         return True
 
     @torch.inference_mode()
@@ -136,9 +141,18 @@ class Span:
         count = 0
         for row_count in rows:
             for page_count in pages:
-                if self._graphs.fits(row_count, page_count):
+                if not self._graphs.fits(row_count, page_count):
+                    continue
+                try:
                     self._graphs.prepare(row_count, page_count)
-                    count += 1
+                except RuntimeError as error:  # out of memory, say: the rest stays lazy
+                    log.warning("decode graph capture stopped at %d rows: %s", row_count, error)
+                    return count
+                count += 1
+        if self.compiled:  # a prefill's shapes compile now too, not at the first request
+            cache = self.new_cache()
+            self.forward(torch.zeros(1, 2, self.hidden_size, dtype=self.dtype), cache)
+            cache.release()
         return count
 
     @property
