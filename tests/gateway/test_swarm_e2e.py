@@ -13,6 +13,7 @@ import openai
 import pytest
 import redis
 
+from gateway.store import BUCKET_TOKENS
 from swarm.p2p import P2PNode
 from swarm.protocol import INFO_PROTOCOL
 from tests.procs import Proc, start, start_peer
@@ -140,6 +141,30 @@ def test_follow_up_turn_reuses_caches_through_redis_across_gateways(swarm: Swarm
     first = swarm.gateway("--redis-url", REDIS_URL)
     second = swarm.gateway("--redis-url", REDIS_URL)
     check_reuse(swarm, client_for(first), client_for(second))
+
+
+def test_a_new_chat_reuses_the_caches_of_its_system_prompt(swarm: Swarm) -> None:
+    # two different questions after SmolLM2's default system prompt (24 tokens with the user
+    # turn's header): the second chat takes the first one's kept caches for that shared part
+    client = client_for(swarm.gateway())
+    river = [{"role": "user", "content": "Name a large river in Europe."}]
+    sums = [{"role": "user", "content": "What is 12 times 7?"}]
+    client.chat.completions.create(model="smollm2", messages=river, temperature=0, max_tokens=8)  # type: ignore[arg-type]
+    before = tokens_in(swarm)
+    two = client.chat.completions.create(
+        model="smollm2", messages=sums, temperature=0, max_tokens=8
+    )  # type: ignore[arg-type]
+    after = tokens_in(swarm)
+    assert two.usage is not None
+    grew = sorted(b - a for a, b in zip(before, after, strict=True) if b != a)
+    fresh = two.usage.prompt_tokens + two.usage.completion_tokens - 1
+    assert len(grew) == 2 and grew[0] == grew[1], grew
+    assert grew[0] <= fresh - BUCKET_TOKENS, (grew, fresh)
+    # the same request on a gateway with nothing kept gives the same answer
+    alone = client_for(swarm.gateway()).chat.completions.create(
+        model="smollm2", messages=sums, temperature=0, max_tokens=8
+    )  # type: ignore[arg-type]
+    assert two.choices[0].message.content == alone.choices[0].message.content
 
 
 def test_follow_up_that_rewrites_the_reply_reuses_the_common_prefix(swarm: Swarm) -> None:
