@@ -91,8 +91,9 @@ def graph_gpu_ms(span: Span, caches: list[PagedCache], replays: int) -> tuple[fl
     rows = torch.randn(len(caches), 1, span.hidden_size, dtype=span.dtype) * 0.1
     walls = []
     for i in range(replays + 3):
-        for cache in caches:
-            cache.rollback(cache.length - 1) if i else None
+        if i:  # every call at the same context: undo the previous call's position
+            for cache in caches:
+                cache.rollback(cache.length - 1)
         torch.cuda.synchronize()
         started = time.perf_counter()
         span.forward_many(rows, caches, to_host=True)  # type: ignore[arg-type]

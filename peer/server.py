@@ -248,7 +248,7 @@ class PeerServer:
             """Graphs (and compiles) of the common decode sizes, once the pool has its final
             size: growing the pool drops the graphs captured before."""
             started = time.monotonic()
-            captured = span.capture_decode_graphs(DECODE_GRAPH_ROWS, DECODE_GRAPH_PAGES)
+            captured = span.warm_up(DECODE_GRAPH_ROWS, DECODE_GRAPH_PAGES)
             if captured:
                 log.info(
                     "captured %d decode graphs in %.1f s", captured, time.monotonic() - started

@@ -121,7 +121,7 @@ class Span:
     def compile_layers(self) -> bool:
         """Compile the paged layers' parts around attention (CUDA with Triton, unquantized);
         False where that does not apply. Each shape compiles at its first step (see
-        `capture_decode_graphs` to do that at start)."""
+        `warm_up` to do that at start)."""
         if self.device.type != "cuda" or self.quant != "none" or self.pool is None:
             return False
         if importlib.util.find_spec("triton") is None:
@@ -131,9 +131,10 @@ class Span:
         return True
 
     @torch.inference_mode()
-    def capture_decode_graphs(self, rows: list[int], pages: list[int]) -> int:
-        """Capture the decode graphs of these buckets now (a peer's start), so that no first
-        request of a new size stalls for a capture (and a compile). Returns graphs captured."""
+    def warm_up(self, rows: list[int], pages: list[int]) -> int:
+        """Capture the decode graphs of these buckets and compile a prefill's shapes now (a
+        peer's start), so that no first request of a new size stalls for a capture or a
+        compile. Returns the graphs captured."""
         if not self.use_graphs or self.pool is None or self.quant != "none":
             return 0
         if self._graphs is None:

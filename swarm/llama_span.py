@@ -118,10 +118,8 @@ class LlamaBlock(nn.Module):
         q, k, v = self.attention_inputs(self, x, cos, sin)
         keys[write_pages, write_offsets] = k
         values[write_pages, write_offsets] = v
-        length = read_pages.shape[0] // rows * keys.shape[1]
-        shape = (rows, length, self.kv_heads, self.head_dim)
-        past_k = keys[read_pages].view(shape).transpose(1, 2)
-        past_v = values[read_pages].view(shape).transpose(1, 2)
+        past_k = keys[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+        past_v = values[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, past_k, past_v, attn_mask=mask, scale=self.scaling, enable_gqa=True
         )
