@@ -194,6 +194,29 @@ def start_gpu_swarm(extra: list[str]) -> Proc:
     )
 
 
+def process_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the `up` process (the gateway) and by each of
+    its children (the peers), from /proc."""
+
+    def seconds(of: int) -> float:
+        fields = Path(f"/proc/{of}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def parent(of: Path) -> int:
+        try:
+            return int((of / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return -1
+
+    children = sorted(
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent(p) == pid
+    )
+    used = {"gateway": seconds(pid)}
+    for i, child in enumerate(children):
+        used[f"peer{i + 1}"] = seconds(child)
+    return used
+
+
 def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
     """One `swarmgate up` run: single stream, overhead, concurrent streams, batching."""
     result: dict[str, Any] = {"setup": setup}
@@ -219,7 +242,13 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         print("gateway overhead:", result["overhead"], flush=True)
         asyncio.run(many_streams(base_url, args.streams, args.tokens))  # warm up, as above
         before = counters(gateway_url, peer_urls)
+        cpu_before = process_cpu(proc.popen.pid)
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
+        tokens = result["concurrent"]["tokens"]
+        result["concurrent"]["cpu_us_per_token"] = {  # the gateway's loop is one core at most
+            name: (process_cpu(proc.popen.pid)[name] - seconds) / tokens * 1e6
+            for name, seconds in cpu_before.items()
+        }
         print("concurrent:", result["concurrent"], flush=True)
         # of the concurrent run alone (opens, closes and prefills included)
         result["batching"] = batching(before, counters(gateway_url, peer_urls))
@@ -280,6 +309,11 @@ def main() -> None:
             f"overhead on a request (latency minus peers' compute) p50 "
             f"{swarm['overhead']['overhead_p50_ms']:.2f} ms, not model compute (minus the "
             f"gateway's head passes too) {swarm['overhead']['beyond_model_p50_ms']:.2f} ms"
+        )
+        cpu = swarm["concurrent"]["cpu_us_per_token"]
+        print(
+            f"{setup}: CPU per token at {args.streams} streams: "
+            + ", ".join(f"{name} {us:.0f} us" for name, us in cpu.items())
         )
     result["rows"] = [{"setup": n, "tok_s": v, "ratio": r} for n, v, r in rows]
     out = Path(os.environ.get("OUT", "bench-out"))

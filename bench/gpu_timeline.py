@@ -48,6 +48,7 @@ def main() -> None:
             print(f"{streams} streams: {result['tok_s']:.1f} tok/s", flush=True)
     finally:
         proc.stop(timeout=60)
+        (out / "gpu_timeline_up.log").write_text(proc.output)  # start-up: compiles, graphs
     trace = load(folder)
     tables = {}
     for streams, began, ended, result in runs:

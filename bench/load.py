@@ -48,14 +48,16 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-async def client_loop(client: openai.AsyncOpenAI, until: float, tally: Tally, seed: int) -> None:
+async def client_loop(
+    client: openai.AsyncOpenAI, until: float, tally: Tally, seed: int, model: str = "smollm2"
+) -> None:
     rng = random.Random(seed)
     while time.monotonic() < until:
         started = time.monotonic()
         last = None
         try:
             stream = await client.chat.completions.create(
-                model="smollm2",
+                model=model,
                 messages=[{"role": "user", "content": rng.choice(QUESTIONS)}],
                 max_tokens=rng.randint(32, 64),
                 stream=True,
@@ -82,14 +84,16 @@ async def client_loop(client: openai.AsyncOpenAI, until: float, tally: Tally, se
             tally.errors.append(repr(error)[:160])
 
 
-async def run_load(url: str, clients: int, seconds: float) -> dict[str, float]:
+async def run_load(
+    url: str, clients: int, seconds: float, model: str = "smollm2"
+) -> dict[str, float]:
     tally = Tally()
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300
     ) as client:
         until = time.monotonic() + seconds
         started = time.monotonic()
-        await asyncio.gather(*(client_loop(client, until, tally, i) for i in range(clients)))
+        await asyncio.gather(*(client_loop(client, until, tally, i, model) for i in range(clients)))
         elapsed = time.monotonic() - started
     pct = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else float("nan")  # noqa: E731
     return {
