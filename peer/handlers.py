@@ -148,13 +148,23 @@ async def open_session(state: PeerState, header: dict[str, Any]) -> tuple[Sessio
     return session, keep_alive
 
 
-async def run_step(
+@dataclass
+class CheckedStep:
+    """A step's fields, checked against its session (`check_step`), ready to compute."""
+
+    seq: int
+    position: int
+    hidden: torch.Tensor
+
+
+def check_step(
     state: PeerState,
     session: Session,
     frame_header: dict[str, Any],
     tensors: list[torch.Tensor],
     finite: bool = False,  # the rows are known to be finite (checked once for a whole round)
-) -> tuple[dict[str, Any], torch.Tensor]:
+) -> CheckedStep:
+    """Check a step's fields and rows against its session; raises `WireError` if bad."""
     seq = field_int(frame_header, "seq", 0, 1 << 62)
     position = field_int(frame_header, "position", 0, session.max_length)
     hidden = check_hidden(tensors, state.hidden_size, session.batch, finite)
@@ -165,14 +175,29 @@ async def run_step(
         raise WireError(
             BAD_REQUEST, f"the step goes past the session's max_length {session.max_length}"
         )
-    session.touch()
-    result = await state.scheduler.step(session, hidden, position)
+    return CheckedStep(seq, position, hidden)
+
+
+def step_done(state: PeerState, session: Session, step: CheckedStep) -> dict[str, Any]:
+    """Count a computed step; its reply header."""
     session.steps += 1
-    session.tokens_processed += hidden.shape[1]
+    session.tokens_processed += step.hidden.shape[1]
     state.counters.steps += 1
-    state.counters.tokens_in += hidden.shape[1]
-    reply = {"type": "result", "seq": seq, "length": session.cache.length}
-    return reply, _out_dtype(hidden, result)
+    state.counters.tokens_in += step.hidden.shape[1]
+    return {"type": "result", "seq": step.seq, "length": session.cache.length}
+
+
+async def run_step(
+    state: PeerState,
+    session: Session,
+    frame_header: dict[str, Any],
+    tensors: list[torch.Tensor],
+    finite: bool = False,  # the rows are known to be finite (checked once for a whole round)
+) -> tuple[dict[str, Any], torch.Tensor]:
+    step = check_step(state, session, frame_header, tensors, finite)
+    session.touch()
+    result = await state.scheduler.step(session, step.hidden, step.position)
+    return step_done(state, session, step), _out_dtype(step.hidden, result)
 
 
 async def handle_inference(state: PeerState, stream: FrameStream) -> None:

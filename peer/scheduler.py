@@ -24,11 +24,20 @@ from swarm.threads import compute_thread
 
 
 @dataclass
+class _Group:
+    """Steps submitted together (`StepScheduler.step_group`): one wake-up when all are done."""
+
+    remaining: int
+    done: asyncio.Future[None]
+
+
+@dataclass
 class _Step:
     session: Session | None  # None: a stateless forward
     hidden: torch.Tensor
     position: int | None
     future: asyncio.Future[torch.Tensor]
+    group: _Group | None = None
 
     @property
     def batchable(self) -> bool:
@@ -73,6 +82,7 @@ class StepScheduler:
         self.stats = SchedulerStats()
         self._queue: asyncio.Queue[_Step] = asyncio.Queue()
         self._deferred: list[_Step] = []
+        self._computing: list[_Step] = []  # the batch on the compute thread now
         # one compute thread: the given executor (shared, not ours to stop) or our own
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -95,20 +105,44 @@ class StepScheduler:
             self._worker = None
         if self._owns_executor:
             self._executor.shutdown(wait=True)
-        # nobody will compute what is still queued: fail it, so no handler waits forever
-        pending = self._deferred
-        self._deferred = []
+        # nobody will compute what is still queued (or was computing when the worker
+        # stopped): fail it, so no handler waits forever
+        pending = self._computing + self._deferred
+        self._computing, self._deferred = [], []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the span was unloaded"))
+            if item.group is not None and not item.group.done.done():
+                item.group.done.set_result(None)
 
     async def step(
         self, session: Session, hidden: torch.Tensor, position: int | None
     ) -> torch.Tensor:
         """Run one step of `session`; returns the span's output hidden states."""
         return await self._submit(session, hidden, position)
+
+    async def step_group(
+        self, steps: list[tuple[Session, torch.Tensor, int]]
+    ) -> list[torch.Tensor | BaseException]:
+        """Run the steps `(session, hidden, position)` of different sessions; each one's output
+        or error, in order. They queue at once and the caller wakes once, when the last is
+        done (a round's decode steps: no task or wake-up per step)."""
+        loop = asyncio.get_running_loop()
+        group = _Group(len(steps), loop.create_future())
+        futures: list[asyncio.Future[torch.Tensor]] = []
+        for session, hidden, position in steps:
+            future: asyncio.Future[torch.Tensor] = loop.create_future()
+            futures.append(future)
+            self._queue.put_nowait(_Step(session, hidden, position, future, group))
+        try:
+            await group.done
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()  # not computed if not taken yet
+            raise
+        return [f.exception() or f.result() for f in futures]
 
     async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """A stateless forward (no cache)."""
@@ -206,11 +240,17 @@ class StepScheduler:
             items = self._take_batch()
             if not items:
                 continue
+            self._computing = items
             results = await loop.run_in_executor(self._executor, self._compute, items)
+            self._computing = []
             for item, result in zip(items, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                if not item.future.done():
+                    if isinstance(result, BaseException):
+                        item.future.set_exception(result)
+                    else:
+                        item.future.set_result(result)
+                group = item.group
+                if group is not None:
+                    group.remaining -= 1
+                    if group.remaining == 0 and not group.done.done():
+                        group.done.set_result(None)
