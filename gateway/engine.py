@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,18 @@ class ServedModel:
     @property
     def chat(self) -> bool:
         return bool(self.head.chat_template)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _stepped(sent: asyncio.Future[None], step: asyncio.Future[torch.Tensor]) -> None:
+    """A step's end also ends the wait for its sending; its error is for its awaiter."""
+    _settle(sent)
+    if not step.cancelled():
+        step.exception()
 
 
 @dataclass
@@ -236,7 +249,8 @@ class Engine:
                 timer.observe(seconds)
                 self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
 
-            batcher = HeadBatcher(model.head.logits, self._head_pool, observe)
+            inline = model.head.device.type == "cuda"  # see HeadBatcher
+            batcher = HeadBatcher(model.head.logits, self._head_pool, observe, inline)
             self._head_batchers[model.name] = batcher
         return batcher
 
@@ -383,11 +397,18 @@ class Engine:
         self.prefix_hits += 1
         return _Live(session, list(prompt)), hidden
 
-    async def _step(self, model: ServedModel, live: _Live, ids: torch.Tensor) -> torch.Tensor:
-        """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed."""
+    async def _step(
+        self,
+        model: ServedModel,
+        live: _Live,
+        ids: torch.Tensor,
+        on_sent: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Feed `ids[batch, k]` at the end of the session; rebuild a resumed one that failed.
+        `on_sent`: called once the step is on its way to the first hop."""
         embedded = await self._embed(model, ids)
         try:
-            hidden = await live.session.step(embedded)
+            hidden = await live.session.step(embedded, on_sent=on_sent)
         except HistoryLostError:
             self.metrics.failed_over(model.name, live.session.failovers)
             max_length = live.session.max_length
@@ -457,11 +478,17 @@ class Engine:
                 if index == max_tokens - 1:  # no step for the last token: nobody would read it
                     yield deltas
                     break
-                # the next step goes through the swarm while these deltas stream out
+                # the next step goes through the swarm while these deltas stream out: they are
+                # written once the step is on the wire (or over), so that a round of many
+                # generations does not wait for all of their writes before it leaves
                 next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
-                step = asyncio.ensure_future(self._step(model, live, next_ids))
-                step.add_done_callback(lambda s: s.cancelled() or s.exception())
+                sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                step = asyncio.ensure_future(
+                    self._step(model, live, next_ids, functools.partial(_settle, sent))
+                )
+                step.add_done_callback(functools.partial(_stepped, sent))
                 try:
+                    await sent
                     yield deltas
                 except BaseException:  # the consumer went away (or failed)
                     step.cancel()

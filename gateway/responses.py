@@ -113,19 +113,26 @@ async def sse_events(
     usage: Usage,
     include_usage: bool,
     opening: list[dict[str, Any]] | None = None,
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     """SSE events in OpenAI's shape: chunks, the usage chunk if asked, then `[DONE]`.
 
-    A failure mid-stream ends the stream with an error event in OpenAI's error shape.
+    A failure mid-stream ends the stream with an error event in OpenAI's error shape. Events
+    are encoded here (sse-starlette sends bytes as they are): the envelope, the same for every
+    chunk, is serialized once and each chunk only adds its choices (a third of the cost of
+    dumping the whole chunk, per token and stream).
     """
+    empty = body([])
+    if include_usage:
+        empty["usage"] = None
+    # keys are quoted and quotes inside values escaped: the marker occurs once, as the key
+    head, tail = json.dumps(empty).split('"choices": []')
 
-    def event(
-        choices: list[dict[str, Any]], usage_body: dict[str, int] | None = None
-    ) -> dict[str, str]:
-        data = body(choices)
-        if include_usage:
-            data["usage"] = usage_body
-        return {"data": json.dumps(data)}
+    def event(choices: list[dict[str, Any]]) -> bytes:
+        return f'data: {head}"choices": {json.dumps(choices)}{tail}\n\n'.encode()
+
+    def data(value: dict[str, Any] | str) -> bytes:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return f"data: {text}\n\n".encode()
 
     try:
         if opening:
@@ -135,8 +142,8 @@ async def sse_events(
                 if delta.text or delta.finish_reason:
                     yield event([choice(delta)])
         if include_usage:
-            yield event([], usage_json(usage))
+            yield data({**body([]), "usage": usage_json(usage)})
     except Exception as error:
         failure = error if isinstance(error, errors.APIError) else errors.internal_error()
-        yield {"data": json.dumps(failure.body())}
-    yield {"data": "[DONE]"}
+        yield data(failure.body())
+    yield data("[DONE]")

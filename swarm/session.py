@@ -210,30 +210,48 @@ class InferenceSession:
     def _op(self, kind: str, link: _Link, position: int, shape: Sequence[int]) -> dict[str, Any]:
         return op_header(kind, self.session_id, link.seq, position, shape)
 
-    async def _step_link(self, link: _Link, hidden: torch.Tensor, position: int) -> torch.Tensor:
+    async def _step_link(
+        self,
+        link: _Link,
+        hidden: torch.Tensor,
+        position: int,
+        on_sent: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
         assert link.channel is not None
         link.seq += 1
         rows = hidden.to(self.transport_dtype).contiguous()
         header = self._op("step", link, position, rows.shape)
-        reply, output = await link.channel.call(header, rows)
+        reply, output = await link.channel.call(header, rows, on_sent=on_sent)
         if reply.get("seq") != link.seq or output is None:
             raise WireError("bad_response", "the peer answered out of order")
         return output
 
-    async def step(self, hidden: torch.Tensor, position: int | None = None) -> torch.Tensor:
-        """Send `hidden[batch, n, h]` at `position` (default: the end) through the route."""
+    async def step(
+        self,
+        hidden: torch.Tensor,
+        position: int | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Send `hidden[batch, n, h]` at `position` (default: the end) through the route.
+        `on_sent` is called when the step's round to the first hop goes out (not at all if
+        it fails before)."""
         position = self.length if position is None else position
         if not 0 <= position <= self.length:
             raise ValueError(f"position {position} outside [0, {self.length}]")
         if self.push and len(self._links) > 1:
-            hidden = await self._pushed_step(hidden, position)
+            hidden = await self._pushed_step(hidden, position, on_sent=on_sent)
         else:
-            hidden = await self._chain(hidden, position, 0)
+            hidden = await self._chain(hidden, position, 0, on_sent)
         self.length = position + hidden.shape[1]
         return hidden
 
     async def _pushed_step(
-        self, hidden: torch.Tensor, position: int, opening: bool = False, resume: bool = False
+        self,
+        hidden: torch.Tensor,
+        position: int,
+        opening: bool = False,
+        resume: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """One step sent to every hop at once, each hop pushing its output to the next.
 
@@ -258,6 +276,11 @@ class InferenceSession:
         queued = [asyncio.Event() for _ in links]
         queued[0].set()
 
+        def first_sent() -> None:
+            queued[1].set()
+            if on_sent is not None:
+                on_sent()
+
         async def send(i: int) -> tuple[dict[str, Any], torch.Tensor | None]:
             await queued[i].wait()
             link = links[i]
@@ -278,7 +301,7 @@ class InferenceSession:
                 rows if i == 0 else None,
                 shape,
                 track=last,
-                on_sent=None if last else queued[i + 1].set,
+                on_sent=first_sent if i == 0 else None if last else queued[i + 1].set,
             )
             return await (self._opened_with(link, resume, stepped) if opening else stepped)
 
@@ -339,12 +362,20 @@ class InferenceSession:
         cancel = asyncio.ensure_future(self._side(link).call(header))
         cancel.add_done_callback(lambda c: c.cancelled() or c.exception())
 
-    async def _chain(self, hidden: torch.Tensor, position: int, index: int) -> torch.Tensor:
-        """Send `hidden` through the links from `index` on, one after another, failing over."""
+    async def _chain(
+        self,
+        hidden: torch.Tensor,
+        position: int,
+        index: int,
+        on_sent: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Send `hidden` through the links from `index` on, one after another, failing over
+        (`on_sent`: see `step`; only the first attempt at the first link reports)."""
         while index < len(self._links):
             link = self._links[index]
             try:
-                output = await self._step_link(link, hidden, position)
+                output = await self._step_link(link, hidden, position, on_sent)
+                on_sent = None
             except (WireError, OSError) as error:
                 if isinstance(error, WireError) and error.code == BAD_REQUEST:
                     raise  # our own mistake: another peer would refuse it too
