@@ -249,8 +249,7 @@ class Engine:
                 timer.observe(seconds)
                 self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
 
-            inline = model.head.device.type == "cuda"  # see HeadBatcher
-            batcher = HeadBatcher(model.head.logits, self._head_pool, observe, inline)
+            batcher = HeadBatcher(model.head.logits, self._head_pool, observe)
             self._head_batchers[model.name] = batcher
         return batcher
 

@@ -37,15 +37,9 @@ class HeadBatcher:
         logits: Logits,
         executor: concurrent.futures.Executor,
         observe: Callable[[float], None] | None = None,
-        inline: bool = False,
     ) -> None:
         self._logits = logits
         self._executor = executor
-        # run passes on the event loop, not on the executor's thread: for a GPU head, whose
-        # pass is a few kernel launches and one copy back, the thread hop cost more than the
-        # pass (H200, 16 rows: 2-3.5 ms on a thread whose every step waited for the GIL of a
-        # busy loop, against ~0.3 ms of GPU time)
-        self._inline = inline
         self._observe = observe  # called on the event loop with each pass's seconds
         self._pending: list[_Waiting] = []
         self._draining = False
@@ -114,12 +108,7 @@ class HeadBatcher:
                 if not batch:
                     continue
                 try:
-                    if self._inline:
-                        outs, seconds = self._pass(batch)
-                    else:
-                        outs, seconds = await loop.run_in_executor(
-                            self._executor, self._pass, batch
-                        )
+                    outs, seconds = await loop.run_in_executor(self._executor, self._pass, batch)
                 except Exception as error:
                     for waiting in batch:
                         if not waiting.future.done():

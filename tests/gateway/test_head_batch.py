@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 
 import pytest
@@ -90,26 +89,3 @@ def test_a_row_with_nan_logits_fails_only_its_own_waiter() -> None:
     assert batcher.passes == 1  # one pass for both
     assert isinstance(bad, ValueError) and "no token can be sampled" in str(bad)
     assert isinstance(good, list) and len(good) == 2
-
-
-def test_an_inline_batcher_runs_its_passes_on_the_loop_thread_for_all_who_waited() -> None:
-    threads: list[int] = []
-
-    def logits(hidden: torch.Tensor) -> torch.Tensor:
-        threads.append(threading.get_ident())
-        return hidden @ WEIGHT.T
-
-    async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[object]]:
-        batcher = HeadBatcher(logits, concurrent.futures.ThreadPoolExecutor(1), inline=True)
-        inputs = [torch.randn(b, 1, 4) for b in (1, 2, 1)]
-        outs = await asyncio.gather(
-            batcher.greedy(inputs[0]), batcher.logits(inputs[1]), batcher.greedy(inputs[2])
-        )
-        return batcher, inputs, list(outs)
-
-    batcher, inputs, outputs = asyncio.run(main())
-    assert threads == [threading.get_ident()]  # one pass, on this (the loop's) thread
-    assert batcher.passes == 1 and batcher.rows == 4
-    assert outputs[0] == (inputs[0] @ WEIGHT.T)[:, -1].argmax(-1).tolist()
-    assert torch.allclose(outputs[1], inputs[1] @ WEIGHT.T)  # type: ignore[arg-type]
-    assert outputs[2] == (inputs[2] @ WEIGHT.T)[:, -1].argmax(-1).tolist()
