@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -205,15 +206,16 @@ def process_cpu(pid: int) -> dict[str, float]:
     def parent(of: Path) -> int:
         try:
             return int((of / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError):  # gone, or not a process
             return -1
 
     children = sorted(
         int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent(p) == pid
     )
     used = {"gateway": seconds(pid)}
-    for i, child in enumerate(children):
-        used[f"peer{i + 1}"] = seconds(child)
+    for i, child in enumerate(children):  # in pid order: the order `up` started them
+        with contextlib.suppress(OSError):
+            used[f"peer{i + 1}"] = seconds(child)
     return used
 
 
@@ -244,9 +246,11 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         before = counters(gateway_url, peer_urls)
         cpu_before = process_cpu(proc.popen.pid)
         result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
-        tokens = result["concurrent"]["tokens"]
-        result["concurrent"]["cpu_us_per_token"] = {  # the gateway's loop is one core at most
-            name: (process_cpu(proc.popen.pid)[name] - seconds) / tokens * 1e6
+        cpu_after = process_cpu(proc.popen.pid)
+        tokens = max(1, result["concurrent"]["tokens"])
+        # all of a process's threads: the gateway's loop, its head and libp2p threads
+        result["concurrent"]["cpu_us_per_token"] = {
+            name: (cpu_after.get(name, seconds) - seconds) / tokens * 1e6
             for name, seconds in cpu_before.items()
         }
         print("concurrent:", result["concurrent"], flush=True)

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         push=args.push,
         round_groups=args.round_groups,
         rounds_in_flight=args.rounds_in_flight,
+        stream_after_send=stream_after_send(args),
     )
 
     def ready(url: str) -> None:
@@ -85,8 +86,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="peer-to-peer push: each peer sends its output straight to the next peer of the "
         "chain instead of back through the gateway (for a gateway far from its peers)",
     )
+    add_stream_after_send(parser)
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)
+
+
+def add_stream_after_send(parser: argparse.ArgumentParser) -> None:
+    """`--[no-]stream-after-send`, shared by `gateway` and `up` (see `stream_after_send`)."""
+    parser.add_argument(
+        "--stream-after-send",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write each token's chunk once the next step has left for the swarm (default: on "
+        "with --device cuda, where the gateway has cores of its own; off on a CPU host, where "
+        "the writes would compete with the peers' compute)",
+    )
+
+
+def stream_after_send(args: argparse.Namespace) -> bool:
+    """The flag as given, else on for a GPU gateway (`Engine.stream_after_send`)."""
+    chosen: bool | None = args.stream_after_send
+    return str(args.device).startswith("cuda") if chosen is None else chosen
 
 
 def add_rounds_in_flight(parser: argparse.ArgumentParser) -> None:

@@ -55,6 +55,7 @@ class GatewayConfig:
     round_groups: int = 1  # pipelined micro-batches the generations decoding together form
     rounds_in_flight: int | None = None  # rounds a peer pipelines; None: one per round group
     push: bool = False  # peers push each hop's output straight to the next hop
+    stream_after_send: bool = False  # deltas written once the next step left (see Engine)
 
 
 def load_served_model(name: str, device: str = "cpu") -> ServedModel:
@@ -103,6 +104,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         round_groups=config.round_groups,
         rounds_in_flight=config.rounds_in_flight,
         push=config.push,
+        stream_after_send=config.stream_after_send,
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)

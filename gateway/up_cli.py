@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.cli import add_rounds_in_flight
+from gateway.cli import add_rounds_in_flight, add_stream_after_send, stream_after_send
 from gateway.server import GatewayConfig, run_gateway
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             lanes=args.lanes,
             push=args.push,
             round_groups=args.round_groups or (2 if args.device.startswith("cuda") else 1),
+            stream_after_send=stream_after_send(args),
             rounds_in_flight=args.rounds_in_flight,
         )
 
@@ -177,6 +178,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="peer-to-peer push: each peer sends its output straight to the next peer of the "
         "chain instead of back through the gateway (for a gateway far from its peers)",
     )
+    add_stream_after_send(parser)
     parser.add_argument(
         "--no-compile",
         dest="compile",

@@ -29,6 +29,7 @@ import torch
 
 from peer.handlers import (
     MAX_SESSIONS_PER_REMOTE,
+    CheckedStep,
     PeerState,
     check_step,
     open_session,
@@ -268,11 +269,8 @@ class RoundServer:
             for i in indices:
                 try:
                     results[i], outputs[i] = await self._run_op(ops[i])
-                except WireError as error:
-                    self.current().counters.bad_requests += error.code == BAD_REQUEST
-                    results[i] = error.to_header()
                 except Exception as error:  # a compute failure fails the op, not the stream
-                    results[i] = error_header("internal", f"step failed: {type(error).__name__}")
+                    results[i] = self._error_result(error)
 
         async def run_all() -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
             await asyncio.gather(
@@ -319,41 +317,13 @@ class RoundServer:
     ) -> asyncio.Task[tuple[list[dict[str, Any]], list[torch.Tensor]]]:
         """A round of plain steps as one group at the scheduler: one task and one wake-up for
         the round instead of a task, a turn and a wake-up per op (the per-op Python was most
-        of a 16-row round's time outside the forward on an H200). Same results as op by op."""
+        of a 16-row round's time outside the forward on an H200). Same results as op by op;
+        the sessions' later ops wait for the whole round."""
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[None] = loop.create_future()
         sids = [str(op.header["session"]) for op in ops]
         for sid in sids:
             self._turns[sid] = turn
-        state = held[0].state
-
-        async def run() -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-            results: list[dict[str, Any]] = [{}] * len(ops)
-            checked = []
-            for i, (op, attached) in enumerate(zip(ops, held, strict=True)):
-                assert op.rows is not None
-                try:
-                    step = check_step(state, attached.session, op.header, [op.rows], op.finite)
-                except WireError as error:
-                    state.counters.bad_requests += error.code == BAD_REQUEST
-                    results[i] = error.to_header()
-                    continue
-                attached.session.touch()
-                checked.append((i, attached.session, step))
-            outputs: list[torch.Tensor] = []
-            if checked:
-                computed = await state.scheduler.step_group(
-                    [(session, step.hidden, step.position) for _, session, step in checked]
-                )
-                for (i, session, step), out in zip(checked, computed, strict=True):
-                    if isinstance(out, WireError):
-                        results[i] = out.to_header()
-                    elif isinstance(out, BaseException):
-                        results[i] = error_header("internal", f"step failed: {type(out).__name__}")
-                    else:
-                        results[i] = step_done(state, session, step)
-                        outputs.append(out.to(step.hidden.dtype).contiguous())
-            return results, outputs
 
         def passed(_: asyncio.Future[Any]) -> None:
             turn.set_result(None)
@@ -361,9 +331,48 @@ class RoundServer:
                 if self._turns.get(sid) is turn:
                     del self._turns[sid]
 
-        task = loop.create_task(run())
+        task = loop.create_task(self._plain_steps_results(ops, held))
         task.add_done_callback(passed)
         return task
+
+    async def _plain_steps_results(
+        self, ops: list[_Op], held: list[_Attached]
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """Check every step, compute the good ones as one group; each op's result and the
+        outputs of those that succeeded, in order (as `_run_round`'s op-by-op path)."""
+        state = held[0].state
+        results: list[dict[str, Any] | None] = [None] * len(ops)
+        checked: list[tuple[int, Session, CheckedStep]] = []
+        for i, (op, attached) in enumerate(zip(ops, held, strict=True)):
+            assert op.rows is not None
+            try:
+                step = check_step(state, attached.session, op.header, [op.rows], op.finite)
+            except Exception as error:
+                results[i] = self._error_result(error)
+                continue
+            attached.session.touch()
+            checked.append((i, attached.session, step))
+        outputs: list[torch.Tensor] = []
+        if checked:
+            computed = await state.scheduler.step_group(
+                [(session, step.hidden, step.position) for _, session, step in checked]
+            )
+            for (i, session, step), out in zip(checked, computed, strict=True):
+                if isinstance(out, BaseException):
+                    results[i] = self._error_result(out)
+                else:
+                    results[i] = step_done(state, session, step)
+                    outputs.append(out.to(step.hidden.dtype).contiguous())
+        done = [r if r is not None else error_header("internal", "not run") for r in results]
+        return done, outputs
+
+    def _error_result(self, error: BaseException) -> dict[str, Any]:
+        """An op's result for its failure: a wire error as it is (a bad request counted), any
+        other error as an internal one that names only its type."""
+        if isinstance(error, WireError):
+            self.current().counters.bad_requests += error.code == BAD_REQUEST
+            return error.to_header()
+        return error_header("internal", f"step failed: {type(error).__name__}")
 
     async def _run_op(self, op: _Op) -> tuple[dict[str, Any], torch.Tensor | None]:
         header = op.header

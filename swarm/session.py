@@ -233,8 +233,8 @@ class InferenceSession:
         on_sent: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Send `hidden[batch, n, h]` at `position` (default: the end) through the route.
-        `on_sent` is called when the step's round to the first hop goes out (not at all if
-        it fails before)."""
+        `on_sent` is called when the step's round to the first hop goes out: not at all if
+        it fails before, maybe more than once if the hop is retried after a failover."""
         position = self.length if position is None else position
         if not 0 <= position <= self.length:
             raise ValueError(f"position {position} outside [0, {self.length}]")
@@ -276,8 +276,9 @@ class InferenceSession:
         queued = [asyncio.Event() for _ in links]
         queued[0].set()
 
-        def first_sent() -> None:
-            queued[1].set()
+        def first_sent() -> None:  # the first hop's step is on the wire
+            if len(queued) > 1:
+                queued[1].set()
             if on_sent is not None:
                 on_sent()
 

@@ -232,11 +232,13 @@ def test_client_disconnect_frees_peer_sessions(swarm: Swarm) -> None:
     assert [i["sessions_kept"] for i in infos] == kept_before
 
 
-@pytest.mark.parametrize("round_", range(2))  # twice: the replacement spare serves the next
+# relayed, pushed, relayed with each chunk written once the next step left (a GPU gateway's
+# default); each round's replacement spare serves the next
+@pytest.mark.parametrize("flags", [[], ["--push"], ["--stream-after-send"]])
 def test_sigkill_of_a_serving_peer_mid_stream_keeps_the_stream_exact(
-    swarm: Swarm, round_: int
+    swarm: Swarm, flags: list[str]
 ) -> None:
-    gateway = swarm.gateway(*(["--push"] if round_ else []))  # relayed, then pushed
+    gateway = swarm.gateway(*flags)
     client = client_for(gateway)
     ask = {
         "model": "smollm2",
