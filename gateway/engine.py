@@ -85,9 +85,10 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _stepped(sent: asyncio.Future[None], step: asyncio.Future[torch.Tensor]) -> None:
-    """A step's end also ends the wait for its sending; its error is for its awaiter."""
-    _settle(sent)
+def _stepped(sent: asyncio.Future[None] | None, step: asyncio.Future[torch.Tensor]) -> None:
+    """A step's end also ends any wait for its sending; its error is for its awaiter."""
+    if sent is not None:
+        _settle(sent)
     if not step.cancelled():
         step.exception()
 
@@ -488,12 +489,14 @@ class Engine:
                 # the next step goes through the swarm while these deltas stream out; with
                 # `stream_after_send` they are written once the step is on the wire (or over)
                 next_ids = torch.tensor([[c.ids[-1] if c.ids else 0] for c in choices])
-                sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                on_sent = functools.partial(_settle, sent) if self.stream_after_send else None
+                sent = (
+                    asyncio.get_running_loop().create_future() if self.stream_after_send else None
+                )
+                on_sent = None if sent is None else functools.partial(_settle, sent)
                 step = asyncio.ensure_future(self._step(model, live, next_ids, on_sent))
                 step.add_done_callback(functools.partial(_stepped, sent))
                 try:
-                    if on_sent is not None:
+                    if sent is not None:
                         await sent
                     yield deltas
                 except BaseException:  # the consumer went away (or failed)
