@@ -18,8 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.cli import add_rounds_in_flight, add_stream_after_send, stream_after_send
+from gateway.cli import (
+    add_head_graphs,
+    add_rounds_in_flight,
+    add_stream_after_send,
+    stream_after_send,
+)
 from gateway.server import GatewayConfig, run_gateway
+from peer.cli import add_compute_flag
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
 from swarm.models import DEFAULT_MODEL, load_weights
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     extra += ["--metrics-port", "0"] if args.peer_metrics else []
     extra += [] if args.lanes else ["--no-lanes"]
     extra += [] if args.compile else ["--no-compile"]
+    extra += ["--compute", args.compute]
     try:
         bootstrap: str | None = None
         print(
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             round_groups=args.round_groups or (2 if args.device.startswith("cuda") else 1),
             stream_after_send=stream_after_send(args),
             rounds_in_flight=args.rounds_in_flight,
+            head_graphs=args.head_graphs,
         )
 
         def announce(url: str) -> None:
@@ -179,11 +187,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chain instead of back through the gateway (for a gateway far from its peers)",
     )
     add_stream_after_send(parser)
+    add_head_graphs(parser)
     parser.add_argument(
         "--no-compile",
         dest="compile",
         action="store_false",
         help="on CUDA, the peers run their layers eagerly (no torch.compile of fused parts)",
     )
+    add_compute_flag(parser)
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -42,9 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Processes of a swarm share the cores and take turns along the chain. OpenMP threads that
     # spin long after each op would steal the next process's time; threads that sleep at once
     # pay a wake-up on every op (a decode step runs hundreds: 1.8x slower measured). A short
-    # spin keeps the threads warm within a step and lets them sleep between steps.
+    # spin keeps the threads warm within a step and lets them sleep between steps. Not too
+    # short: at 10000 (~0.6 ms of spinning after a parallel op here) a 15-block step that came
+    # after an idle pause took 53-58 ms instead of 17-23 ms (every request's first step at an
+    # idle swarm), while 20000-50000 kept it at 17-23 ms (`spin.py`, session 11 notes).
     # Must be set before torch loads.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")
     # Every process runs an asyncio thread and the libp2p (trio) thread, and hands each message
     # from one to the other. A thread that wants the GIL while the other computes waits up to
     # the switch interval (5 ms by default) on every hand-off: keep that wait short.

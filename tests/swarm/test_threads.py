@@ -1,13 +1,16 @@
-"""Only the compute thread runs torch's ops in parallel (swarm.threads)."""
+"""Only the compute thread runs torch's ops in parallel (swarm.threads); inline compute runs on
+the loop's own (main) thread (swarm.main_thread)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import operator
+import threading
 
 import torch
 
-from swarm.main_thread import MainThreadExecutor, run_async_with_compute
+from swarm.main_thread import MainThreadExecutor, run_async_inline, run_async_with_compute
 from swarm.threads import COMPUTE_THREADS, compute_thread
 
 
@@ -26,3 +29,26 @@ def test_the_asyncio_thread_runs_torch_alone_and_the_compute_thread_with_all() -
 
     assert run_async_with_compute(program) == 0
     assert seen == {"loop": 1, "compute": COMPUTE_THREADS, "pool": COMPUTE_THREADS}
+
+
+def test_an_inline_program_computes_on_its_loop_thread_with_every_torch_thread() -> None:
+    seen: dict[str, object] = {}
+
+    async def program(executor: MainThreadExecutor) -> int:
+        loop = asyncio.get_running_loop()
+        seen["loop"] = threading.get_ident()
+        seen["threads"] = torch.get_num_threads()
+        seen["compute"] = await loop.run_in_executor(executor, threading.get_ident)
+        try:
+            await loop.run_in_executor(executor, operator.truediv, 1, 0)
+        except ZeroDivisionError:
+            seen["raised"] = True
+        return 7
+
+    assert run_async_inline(program) == 7
+    assert seen == {
+        "loop": threading.main_thread().ident,
+        "threads": COMPUTE_THREADS,
+        "compute": threading.main_thread().ident,
+        "raised": True,
+    }
