@@ -47,6 +47,8 @@ SETUPS = {  # extra `up` flags of each setup
     "serial-rounds": ["--rounds-in-flight", "1"],  # two groups, one round in flight (session 7)
     "eager": ["--no-compile"],  # layers not compiled (session 8)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
+    "no-head-graphs": ["--no-head-graphs"],  # greedy head passes eager (session 10)
+    "inline": ["--compute", "inline"],  # peers compute on their event loop
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -245,8 +247,16 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         asyncio.run(many_streams(base_url, args.streams, args.tokens))  # warm up, as above
         before = counters(gateway_url, peer_urls)
         cpu_before = process_cpu(proc.popen.pid)
-        result["concurrent"] = asyncio.run(many_streams(base_url, args.streams, args.tokens))
+        runs = [
+            asyncio.run(many_streams(base_url, args.streams, args.tokens))
+            for _ in range(args.concurrent_runs)
+        ]
         cpu_after = process_cpu(proc.popen.pid)
+        # the run of median throughput, with every run's figure beside it (the 32-stream
+        # figure was bimodal from run to run in session 10)
+        result["concurrent"] = sorted(runs, key=lambda r: r["tok_s"])[len(runs) // 2]
+        result["concurrent"]["runs_tok_s"] = [r["tok_s"] for r in runs]
+        result["concurrent"]["tokens"] = sum(r["tokens"] for r in runs)
         tokens = max(1, result["concurrent"]["tokens"])
         # all of a process's threads: the gateway's loop, its head and libp2p threads
         result["concurrent"]["cpu_us_per_token"] = {
@@ -269,6 +279,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--skip-generate", action="store_true")
+    parser.add_argument(
+        "--concurrent-runs", type=int, default=1, help="concurrent runs per swarm (the median)"
+    )
     parser.add_argument("--round-window-ms", type=float, default=None, help="passed to `up`")
     parser.add_argument(
         "--setups",
@@ -314,6 +327,8 @@ def main() -> None:
             f"{swarm['overhead']['overhead_p50_ms']:.2f} ms, not model compute (minus the "
             f"gateway's head passes too) {swarm['overhead']['beyond_model_p50_ms']:.2f} ms"
         )
+        runs = ", ".join(f"{v:.1f}" for v in swarm["concurrent"]["runs_tok_s"])
+        print(f"{setup}: {args.streams}-stream runs (tok/s): {runs}")
         cpu = swarm["concurrent"]["cpu_us_per_token"]
         print(
             f"{setup}: CPU per token at {args.streams} streams: "

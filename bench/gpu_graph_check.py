@@ -4,6 +4,8 @@ Random Llama-3-8B-shaped blocks 0-4 in bf16: a prefill, then decode steps of one
 three sessions together (`forward_many`), eager, with graphs, and with graphs of the compiled
 layers (`Span.compile_layers`); prints the largest differences of the outputs between them and
 against the same blocks in float32 (the compiled layers must be no further from it than eager).
+Then the head's greedy CUDA graphs (`swarm.head_graphs`) against its eager pass: the same token
+for every row of batches of 1-64 rows.
 
     python bench/gpu_graph_check.py
 """
@@ -18,7 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.sampling import argmax_rows  # noqa: E402
 from swarm.blocks import Span  # noqa: E402
+from swarm.head import Head  # noqa: E402
 from swarm.models import load_weights  # noqa: E402
 
 
@@ -69,6 +73,25 @@ def main() -> None:
     assert worst(compiled, reference) <= 1.5 * worst(eager, reference) + 0.01 * scale, (
         "the compiled layers are further from float32 than the eager ones"
     )
+    check_head(weights)
+
+
+def check_head(weights: object) -> None:
+    head = Head(weights, dtype=torch.bfloat16, device="cuda")  # type: ignore[arg-type]
+    assert head.capture_greedy_graphs()
+    assert head.graphs is not None
+    h = head.hidden_size
+    differing = total = 0
+    for rows in (1, 3, 16, 33, 64):
+        hidden = torch.randn(rows, 1, h, dtype=torch.bfloat16) * 4
+        graph_ids, graph_best = head.graphs.argmax(hidden)
+        eager_ids, eager_best = argmax_rows(head.logits(hidden)[:, -1])
+        total += rows
+        differing += sum(a != b for a, b in zip(graph_ids, eager_ids, strict=True))
+        gap = max(abs(a - b) for a, b in zip(graph_best, eager_best, strict=True))
+        assert gap <= 1e-3 * max(abs(b) for b in eager_best), f"{rows} rows: logits differ"
+    print(f"head graphs vs eager: {differing} of {total} greedy tokens differ")
+    assert differing == 0, "the head's greedy graphs pick other tokens than its eager pass"
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         round_groups=args.round_groups,
         rounds_in_flight=args.rounds_in_flight,
         stream_after_send=stream_after_send(args),
+        head_graphs=args.head_graphs,
     )
 
     def ready(url: str) -> None:
@@ -60,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-queued", type=int, default=64, help="requests waiting at most")
     parser.add_argument("--device", default="cpu", help="where the head runs (cpu, cuda)")
+    add_head_graphs(parser)
     parser.add_argument(
         "--round-window-ms",
         type=float,
@@ -89,6 +91,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_stream_after_send(parser)
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)
+
+
+def add_head_graphs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-head-graphs",
+        dest="head_graphs",
+        action="store_false",
+        help="with --device cuda, run greedy head passes eagerly (not as CUDA-graph replays)",
+    )
 
 
 def add_stream_after_send(parser: argparse.ArgumentParser) -> None:

@@ -258,7 +258,14 @@ class Engine:
                 timer.observe(seconds)
                 self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
 
-            batcher = HeadBatcher(model.head.logits, self._head_pool, observe)
+            graphs = model.head.graphs
+            batcher = HeadBatcher(
+                model.head.logits,
+                self._head_pool,
+                observe,
+                argmax=graphs.argmax if graphs is not None else None,
+                fits=graphs.fits if graphs is not None else lambda rows: False,
+            )
             self._head_batchers[model.name] = batcher
         return batcher
 

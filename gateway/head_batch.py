@@ -4,7 +4,8 @@ The LM head is the gateway's largest matmul (vocabulary x hidden). Generations t
 while a head pass is running queue up; the next pass takes all of them at once, so the weights
 are read once per round instead of once per stream (continuous batching, gateway side).
 Plain greedy rows (no bias, penalty or logprobs) get their token picked in the same pass: one
-argmax over all of them and one device-to-host copy per round, not one per stream.
+argmax over all of them and one device-to-host copy per round, not one per stream; on a GPU a
+pass of greedy rows only is one CUDA-graph replay (`swarm.head_graphs`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.sampling import argmax_rows
 from swarm import trace
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
+Argmax = Callable[[torch.Tensor], tuple[list[int], list[float]]]
 
 
 @dataclass
@@ -37,8 +39,14 @@ class HeadBatcher:
         logits: Logits,
         executor: concurrent.futures.Executor,
         observe: Callable[[float], None] | None = None,
+        argmax: Argmax | None = None,
+        fits: Callable[[int], bool] = lambda rows: True,
     ) -> None:
         self._logits = logits
+        # all-greedy passes of up to `fits` rows: their picks straight from the hidden states
+        # (the head's CUDA graphs, `swarm.head_graphs`), no logits handed out
+        self._argmax = argmax
+        self._fits = fits
         self._executor = executor
         self._observe = observe  # called on the event loop with each pass's seconds
         self._pending: list[_Waiting] = []
@@ -71,33 +79,51 @@ class HeadBatcher:
     def _pass(
         self, batch: list[_Waiting]
     ) -> tuple[list[torch.Tensor | list[int] | ValueError], float]:
-        """Runs on the head's thread: one head pass, then one argmax for the greedy rows; the
-        results and the seconds the pass took, until its logits or picks were ready."""
+        """Runs on the head's thread: one head pass, then one argmax for the greedy rows (or
+        one graph replay for both, when every row is greedy); the results and the seconds the
+        pass took, until its logits or picks were ready."""
         began = time.perf_counter()
         sizes = [w.hidden.shape[0] for w in batch]
         trace.mark("head.start", "", sum(sizes))
         stacked = torch.cat([w.hidden for w in batch]) if len(batch) > 1 else batch[0].hidden
-        logits = self._logits(stacked)
-        parts = list(torch.split(logits, sizes))
-        out: list[torch.Tensor | list[int] | ValueError] = list(parts)
+        out: list[torch.Tensor | list[int] | ValueError]
         greedy = [i for i, w in enumerate(batch) if w.greedy]
-        if greedy:
-            ids, values = argmax_rows(torch.cat([parts[i][:, -1] for i in greedy]))
-            offset = 0
-            for i in greedy:
-                mine = slice(offset, offset + sizes[i])
-                offset += sizes[i]
-                bad = [v for v in values[mine] if not math.isfinite(v)]
-                # NaN or inf logits (a broken peer): nothing sensible can be sampled
-                out[i] = (
-                    ValueError(f"no token can be sampled: the largest logit is {bad[0]}")
-                    if bad
-                    else ids[mine]
-                )
-        if logits.is_cuda and not greedy:  # here rather than in the sampler, on the event loop
-            torch.cuda.current_stream(logits.device).synchronize()
+        if self._argmax is not None and len(greedy) == len(batch) and self._fits(sum(sizes)):
+            out = [[] for _ in batch]  # each replaced by its picks
+            self._pick(out, greedy, sizes, *self._argmax(stacked))
+        else:
+            logits = self._logits(stacked)
+            parts = list(torch.split(logits, sizes))
+            out = list(parts)
+            if greedy:
+                rows = torch.cat([parts[i][:, -1] for i in greedy])
+                self._pick(out, greedy, sizes, *argmax_rows(rows))
+            if logits.is_cuda and not greedy:  # here rather than in the sampler, on the loop
+                torch.cuda.current_stream(logits.device).synchronize()
         trace.mark("head.end", "", sum(sizes))
         return out, time.perf_counter() - began
+
+    @staticmethod
+    def _pick(
+        out: list[torch.Tensor | list[int] | ValueError],
+        greedy: list[int],
+        sizes: list[int],
+        ids: list[int],
+        values: list[float],
+    ) -> None:
+        """Hand each greedy waiter its rows' picks (`ids`, `values`: the greedy rows, in
+        order), or the error of a row whose best logit is not finite."""
+        offset = 0
+        for i in greedy:
+            mine = slice(offset, offset + sizes[i])
+            offset += sizes[i]
+            bad = [v for v in values[mine] if not math.isfinite(v)]
+            # NaN or inf logits (a broken peer): nothing sensible can be sampled
+            out[i] = (
+                ValueError(f"no token can be sampled: the largest logit is {bad[0]}")
+                if bad
+                else ids[mine]
+            )
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -56,15 +56,18 @@ class GatewayConfig:
     rounds_in_flight: int | None = None  # rounds a peer pipelines; None: one per round group
     push: bool = False  # peers push each hop's output straight to the next hop
     stream_after_send: bool = False  # deltas written once the next step left (see Engine)
+    head_graphs: bool = True  # on a GPU, greedy head passes replay CUDA graphs
 
 
-def load_served_model(name: str, device: str = "cpu") -> ServedModel:
+def load_served_model(name: str, device: str = "cpu", head_graphs: bool = True) -> ServedModel:
     weights = load_weights(name)
     entry = find_entry(name)
     aliases = entry.aliases if entry else ()
     # fp32 on the CPU; on a GPU the head runs in bf16 like the peers (logits come out fp32)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     head = Head(weights, dtype=dtype, device=device)
+    if head_graphs and head.capture_greedy_graphs():
+        log.info("captured the greedy head graphs of %s", weights.name)
     return ServedModel(weights.name, tuple(aliases), weights, head)
 
 
@@ -81,7 +84,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
     trace.start("gateway")
     loop = asyncio.get_running_loop()
     models = [
-        await loop.run_in_executor(None, load_served_model, name, config.device)
+        await loop.run_in_executor(None, load_served_model, name, config.device, config.head_graphs)
         for name in config.models
     ]
     glue_thread()  # this loop's thread moves data; the head computes on its own (swarm.threads)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
 
@@ -48,6 +49,18 @@ class Head:
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
         self.hidden_size = int(weights.config.hidden_size)
         self.vocab_size = int(weights.config.vocab_size)
+        self.graphs: GreedyHeadGraphs | None = None  # see `capture_greedy_graphs`
+
+    def capture_greedy_graphs(self) -> bool:
+        """On a GPU, capture the greedy head pass as CUDA graphs for every row bucket now
+        (`swarm.head_graphs`); False where that does not apply (a CPU head)."""
+        if self.device.type != "cuda":
+            return False
+        graphs = GreedyHeadGraphs(self.logits, self.hidden_size, self.dtype, self.device)
+        with torch.inference_mode():
+            graphs.prepare([1 << i for i in range(MAX_ROWS.bit_length())])
+        self.graphs = graphs
+        return True
 
     @property
     def chat_template(self) -> str | None:

@@ -89,3 +89,44 @@ def test_a_row_with_nan_logits_fails_only_its_own_waiter() -> None:
     assert batcher.passes == 1  # one pass for both
     assert isinstance(bad, ValueError) and "no token can be sampled" in str(bad)
     assert isinstance(good, list) and len(good) == 2
+
+
+def test_an_all_greedy_pass_takes_the_argmax_path_and_a_mixed_one_the_logits() -> None:
+    """With an `argmax` (the GPU head's graphs), a pass whose rows are all greedy and fit gets
+    its picks from it alone; a pass with a logits waiter, or too many rows, computes logits."""
+    argmax_rows: list[int] = []
+
+    def argmax(hidden: torch.Tensor) -> tuple[list[int], list[float]]:
+        argmax_rows.append(hidden.shape[0])
+        top, ids = (hidden @ WEIGHT.T)[:, -1].max(-1)
+        return ids.tolist(), top.tolist()
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return hidden @ WEIGHT.T
+
+    async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[object]]:
+        batcher = HeadBatcher(
+            logits,
+            concurrent.futures.ThreadPoolExecutor(1),
+            argmax=argmax,
+            fits=lambda rows: rows <= 4,
+        )
+        nan = torch.full((1, 1, 4), float("nan"))
+        inputs = [torch.randn(b, 1, 4) for b in (1, 2, 1)] + [nan, torch.randn(5, 1, 4)]
+        first = await batcher.greedy(inputs[0])  # alone: the argmax path
+        mixed = await asyncio.gather(batcher.greedy(inputs[1]), batcher.logits(inputs[2]))
+        bad, good = await asyncio.gather(
+            batcher.greedy(inputs[3]), batcher.greedy(inputs[1]), return_exceptions=True
+        )
+        wide = await batcher.greedy(inputs[4])  # more rows than fit: logits, then argmax
+        return batcher, inputs, [first, *mixed, bad, good, wide]
+
+    batcher, inputs, outputs = asyncio.run(main())
+    assert batcher.passes == 4
+    assert argmax_rows == [1, 3]  # the first pass, and the NaN one (1 + 2 rows)
+    expected = [(x @ WEIGHT.T)[:, -1].argmax(-1).tolist() for x in inputs]
+    assert outputs[0] == expected[0] and outputs[1] == expected[1]
+    assert torch.allclose(outputs[2], inputs[2] @ WEIGHT.T)  # type: ignore[arg-type]
+    assert isinstance(outputs[3], ValueError) and "no token can be sampled" in str(outputs[3])
+    assert outputs[4] == expected[1] and outputs[5] == expected[4]
