@@ -7,6 +7,7 @@ through `embed`, hidden states come back out of the last span and become logits 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from swarm.cpu_linear import RowsLinear, packed_linear_available
 from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
+
+log = logging.getLogger("swarmgate.head")
 
 
 class Head:
@@ -70,8 +73,12 @@ class Head:
         if self.device.type != "cuda":
             return False
         graphs = GreedyHeadGraphs(self.logits, self.hidden_size, self.dtype, self.device)
-        with torch.inference_mode():
-            graphs.prepare([1 << i for i in range(MAX_ROWS.bit_length())])
+        try:
+            with torch.inference_mode():
+                graphs.prepare([1 << i for i in range(MAX_ROWS.bit_length())])
+        except RuntimeError as error:  # out of memory, say: the passes stay eager
+            log.warning("greedy head graphs not captured (eager passes instead): %s", error)
+            return False
         self.graphs = graphs
         return True
 
