@@ -256,15 +256,15 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         # figure was bimodal from run to run in session 10)
         result["concurrent"] = sorted(runs, key=lambda r: r["tok_s"])[len(runs) // 2]
         result["concurrent"]["runs_tok_s"] = [r["tok_s"] for r in runs]
-        result["concurrent"]["tokens"] = sum(r["tokens"] for r in runs)
-        tokens = max(1, result["concurrent"]["tokens"])
+        all_tokens = sum(r["tokens"] for r in runs)
+        tokens = max(1, all_tokens)
         # all of a process's threads: the gateway's loop, its head and libp2p threads
         result["concurrent"]["cpu_us_per_token"] = {
             name: (cpu_after.get(name, seconds) - seconds) / tokens * 1e6
             for name, seconds in cpu_before.items()
         }
         print("concurrent:", result["concurrent"], flush=True)
-        # of the concurrent run alone (opens, closes and prefills included)
+        # of the concurrent runs alone (opens, closes and prefills included)
         result["batching"] = batching(before, counters(gateway_url, peer_urls))
         print("batching:", result["batching"], flush=True)
     finally:
@@ -292,6 +292,7 @@ def main() -> None:
         + "; ".join(f"{k}: up {' '.join(v)}" for k, v in SETUPS.items()),
     )
     args = parser.parse_args()
+    args.concurrent_runs = max(1, args.concurrent_runs)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "model": MODEL}
     bandwidth = copy_bandwidth()
     generate, read_bytes = (

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.sampling import argmax_rows  # noqa: E402
 from swarm.blocks import Span  # noqa: E402
 from swarm.head import Head  # noqa: E402
-from swarm.models import load_weights  # noqa: E402
+from swarm.models import Weights, load_weights  # noqa: E402
 
 
 def run(span: Span, prompts: list[torch.Tensor], steps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -76,22 +76,31 @@ def main() -> None:
     check_head(weights)
 
 
-def check_head(weights: object) -> None:
-    head = Head(weights, dtype=torch.bfloat16, device="cuda")  # type: ignore[arg-type]
+def check_head(weights: Weights) -> None:
+    """The greedy head graphs against the eager pass: the graph's pick of each row is the
+    eager pass's best token, or ties with it within bf16 rounding (the graphs run padded row
+    buckets, whose matmuls may round differently)."""
+    head = Head(weights, dtype=torch.bfloat16, device="cuda")
     assert head.capture_greedy_graphs()
     assert head.graphs is not None
     h = head.hidden_size
-    differing = total = 0
+    differing = near = total = 0
     for rows in (1, 3, 16, 33, 64):
         hidden = torch.randn(rows, 1, h, dtype=torch.bfloat16) * 4
         graph_ids, graph_best = head.graphs.argmax(hidden)
-        eager_ids, eager_best = argmax_rows(head.logits(hidden)[:, -1])
-        total += rows
-        differing += sum(a != b for a, b in zip(graph_ids, eager_ids, strict=True))
+        logits = head.logits(hidden)[:, -1]
+        eager_ids, eager_best = argmax_rows(logits)
+        for row, (mine, best) in enumerate(zip(graph_ids, eager_best, strict=True)):
+            total += 1
+            if mine == eager_ids[row]:
+                continue
+            differing += 1
+            # bf16 has 8 bits of mantissa: a tie within 1 % of the logit is rounding
+            near += float(logits[row, mine]) >= best - 0.01 * abs(best)
         gap = max(abs(a - b) for a, b in zip(graph_best, eager_best, strict=True))
-        assert gap <= 1e-3 * max(abs(b) for b in eager_best), f"{rows} rows: logits differ"
-    print(f"head graphs vs eager: {differing} of {total} greedy tokens differ")
-    assert differing == 0, "the head's greedy graphs pick other tokens than its eager pass"
+        assert gap <= 0.01 * max(abs(b) for b in eager_best), f"{rows} rows: logits differ"
+    print(f"head graphs vs eager: {differing} of {total} greedy tokens differ, {near} of them ties")
+    assert differing == near, "the head's greedy graphs pick other tokens than its eager pass"
 
 
 if __name__ == "__main__":

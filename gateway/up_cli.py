@@ -25,9 +25,9 @@ from gateway.cli import (
     stream_after_send,
 )
 from gateway.server import GatewayConfig, run_gateway
-from peer.cli import add_compute_flag
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
+from swarm.main_thread import add_compute_flag
 from swarm.models import DEFAULT_MODEL, load_weights
 
 PEER_READY = "PEER_READY "

@@ -14,6 +14,7 @@ from swarm import trace
 from swarm.logs import setup_logging
 from swarm.main_thread import (
     MainThreadExecutor,
+    add_compute_flag,
     on_signal,
     run_async_inline,
     run_async_with_compute,
@@ -80,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
-    inline = compute_inline(args.compute, args.device)
-    runner = run_async_inline if inline else run_async_with_compute
+    runner = run_async_inline if args.compute == "inline" else run_async_with_compute
     try:
         return runner(lambda compute: serve(config, compute))
     except KeyboardInterrupt:
@@ -89,26 +89,6 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:
         print(f"swarmgate peer: {error}", file=sys.stderr)
         return 1
-
-
-COMPUTE_MODES = ("auto", "inline", "thread")
-
-
-def compute_inline(mode: str, device: str) -> bool:
-    """Whether the span computes inline on the event loop (`auto`: on a CPU) rather than on
-    the main thread beside the loop's thread (see `swarm.main_thread`)."""
-    return mode == "inline" or (mode == "auto" and not device.startswith("cuda"))
-
-
-def add_compute_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compute",
-        choices=COMPUTE_MODES,
-        default="auto",
-        help="where a peer's span computes: inline on its event loop (no thread hand-offs per "
-        "step) or on the main thread beside the loop's thread (the loop reads the next rounds "
-        "meanwhile); auto: inline on a CPU, a thread on CUDA",
-    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

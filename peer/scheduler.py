@@ -1,5 +1,6 @@
 """The step scheduler: decode steps of different sessions that arrive together run as one
-batched forward through the span; everything runs on one compute thread, off the event loop.
+batched forward through the span; everything runs on one compute thread, off the event loop
+(or, with `--compute inline`, on the loop itself: its executor then computes as it is called).
 
 While one batch computes, new steps queue up; the next batch takes all of them (continuous
 batching). Steps of one session keep their order. Prefill steps, and sessions of batch > 1,
@@ -177,7 +178,7 @@ class StepScheduler:
         return taken
 
     def _compute(self, items: list[_Step]) -> list[torch.Tensor | BaseException]:
-        """Runs on the compute thread."""
+        """Runs on the compute thread (or inline, see the module's docstring)."""
         trace.mark("compute.start", "", len(items))
         results: dict[int, torch.Tensor | BaseException] = {}
         batch = [i for i, item in enumerate(items) if item.batchable]

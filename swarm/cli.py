@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # spin keeps the threads warm within a step and lets them sleep between steps. Not too
     # short: at 10000 (~0.6 ms of spinning after a parallel op here) a 15-block step that came
     # after an idle pause took 53-58 ms instead of 17-23 ms (every request's first step at an
-    # idle swarm), while 20000-50000 kept it at 17-23 ms (`spin.py`, session 11 notes).
+    # idle swarm), while 20000-50000 kept it at 17-23 ms (docs/notes.md, session 11).
     # Must be set before torch loads.
     os.environ.setdefault("GOMP_SPINCOUNT", "30000")
     # Every process runs an asyncio thread and the libp2p (trio) thread, and hands each message

@@ -30,21 +30,34 @@ def packed_linear_available() -> bool:
 
 class RowsLinear:
     """`F.linear(x, weight, bias)` for fp32 CPU tensors, through oneDNN's prepacked kernel for
-    `PACKED_FROM_ROWS` rows or more (the weight packed once, a copy beside the original)."""
+    `PACKED_FROM_ROWS` rows or more. The weight is packed at the first such call (a copy beside
+    the original: a head that only ever computes one row costs no memory more); where packing
+    fails, every call stays on `F.linear`. The weight must not change afterwards."""
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, batch_hint: int = 32
     ) -> None:
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             raise ValueError("RowsLinear packs fp32 CPU weights only")
-        self.weight, self.bias = weight, bias
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+        self.weight, self.bias, self.batch_hint = weight, bias, batch_hint
+        self._packed: torch.Tensor | None = None
+        self._unpackable = not packed_linear_available()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < PACKED_FROM_ROWS or x.dtype != torch.float32:
+        packed = None
+        if rows >= PACKED_FROM_ROWS and x.dtype == torch.float32:
+            packed = self._packed_weight()
+        if packed is None:
             return F.linear(x, self.weight, self.bias)
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-            x, self.packed, self.bias, "none", [], ""
-        )
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return out
+
+    def _packed_weight(self) -> torch.Tensor | None:
+        if self._packed is None and not self._unpackable:
+            try:
+                weight = self.weight.detach()
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
+            except RuntimeError:  # a torch build whose oneDNN cannot: MKL it is
+                self._unpackable = True
+        return self._packed

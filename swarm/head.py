@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from swarm.cpu_linear import RowsLinear, packed_linear_available
+from swarm.cpu_linear import RowsLinear
 from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
@@ -51,7 +51,8 @@ class Head:
         self.norm: nn.Module = module.get_submodule(weights.layout.norm)
         self.lm_head: nn.Module = module.get_submodule(weights.layout.lm_head)
         # a CPU head's passes of several rows (concurrent streams) through oneDNN's packed
-        # kernel: 8 rows of SmolLM2's LM head 11-14 -> 5-5.5 ms (`swarm.cpu_linear`)
+        # kernel: 8 rows of SmolLM2's LM head 11-14 -> 5-5.5 ms (`swarm.cpu_linear`); the LM
+        # head's weight is never changed after this (nor its tied embeddings)
         self._rows_head: RowsLinear | None = None
         weight = getattr(self.lm_head, "weight", None)
         if (
@@ -59,7 +60,6 @@ class Head:
             and isinstance(weight, torch.Tensor)
             and weight.device.type == "cpu"
             and weight.dtype == torch.float32
-            and packed_linear_available()
         ):
             self._rows_head = RowsLinear(weight, self.lm_head.bias)
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)

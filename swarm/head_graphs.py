@@ -36,7 +36,8 @@ class _Captured:
 
 
 class GreedyHeadGraphs:
-    """Greedy head passes of up to `MAX_ROWS` rows as CUDA-graph replays.
+    """Greedy head passes of up to `MAX_ROWS` rows as CUDA-graph replays, captured up front
+    (`prepare`, at the gateway's start).
 
     `logits` is the head's own pass (`hidden[b, 1, h]` on the device → fp32 logits); it is
     captured as it is, so a graph computes exactly what the eager pass computes."""
@@ -49,7 +50,8 @@ class GreedyHeadGraphs:
         self._graphs: dict[int, _Captured] = {}
 
     def fits(self, rows: int) -> bool:
-        return 0 < rows <= MAX_ROWS
+        """Whether a pass of `rows` rows has its graph (captured by `prepare`)."""
+        return 0 < rows <= MAX_ROWS and bucket(rows) in self._graphs
 
     def _capture(self, rows: int) -> _Captured:
         staged = torch.zeros(rows, 1, self.hidden_size, dtype=self.dtype, pin_memory=True)
@@ -87,10 +89,10 @@ class GreedyHeadGraphs:
         """`hidden[rows, 1, h]` (output of the last block, on the host or the device) → each
         row's best token and its logit."""
         rows = hidden.shape[0]
-        key = bucket(rows)
-        captured = self._graphs.get(key)
-        if captured is None:
-            captured = self._graphs[key] = self._capture(key)
+        captured = self._graphs.get(bucket(rows))
+        if captured is None:  # never captured here: the head's thread must not capture while
+            # the event loop's thread runs other GPU work (see `fits`)
+            raise ValueError(f"no greedy head graph for {rows} rows")
         captured.staged[:rows].copy_(hidden.reshape(rows, 1, self.hidden_size))
         captured.graph.replay()
         torch.cuda.current_stream(self.device).synchronize()

@@ -10,15 +10,18 @@ hands it a `MainThreadExecutor`; the main thread runs the submitted work in orde
 program ends. SIGINT/SIGTERM, which Python delivers only to the main thread, are forwarded to
 the program through the `on_signal` callback it registers.
 
-`run_async_inline` is the other way: the asyncio program itself runs on the main thread and its
-compute runs inline, on the loop (`InlineExecutor`). A step then costs no hand-off to the
-compute thread and none back (a CPU peer of SmolLM2, one stream: peer queue 0.24 -> 0.13 ms,
-after compute 0.46 -> 0.30 ms per hop), and the loop waits while the span computes, which a
-peer whose steps all run one after another on the same cores loses nothing by.
+`run_async_inline` is the other way (`--compute inline`): the asyncio program itself runs on
+the main thread and its compute runs inline, on the loop (`InlineExecutor`). A step then costs
+no hand-off to the compute thread and none back (a CPU peer of SmolLM2, one stream: peer queue
+0.24 -> 0.13 ms, after compute 0.46 -> 0.30 ms per hop), but the loop answers nothing while
+the span computes: a prefill of several seconds delays lane handshakes (5 s limit) and resumes
+(2 s) of other clients past their limits. So it is opt-in, for peers whose computations are
+short (decode-heavy traffic, short prompts).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import queue
@@ -158,17 +161,22 @@ def run_async_inline(
 ) -> int:
     """Run `program(executor)` under asyncio on this (the main) thread, its compute inline."""
     executor = InlineExecutor()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     async def body() -> int:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in previous:
             loop.add_signal_handler(signum, _deliver, executor, signum)
         try:
             return await program(executor)
         finally:
             executor.stop()
 
-    return asyncio.run(body())
+    try:
+        return asyncio.run(body())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _deliver(executor: MainThreadExecutor, signum: int) -> None:
@@ -176,3 +184,17 @@ def _deliver(executor: MainThreadExecutor, signum: int) -> None:
         executor.signal_handler(signum)
     elif signum == signal.SIGINT:
         raise KeyboardInterrupt
+
+
+COMPUTE_MODES = ("thread", "inline")
+
+
+def add_compute_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compute",
+        choices=COMPUTE_MODES,
+        default="thread",
+        help="where a peer's span computes: on the main thread beside the event loop's thread "
+        "(default: the loop keeps reading and answering meanwhile), or inline on the loop (no "
+        "thread hand-offs per step, but nothing is answered while a long prefill computes)",
+    )
