@@ -4,6 +4,7 @@ Each level runs its clients for a fixed time (see `bench/load.py` for the client
 table gives aggregate tokens/s and its ratio to the single-stream level measured in the same run.
 
     python bench/concurrency.py [--levels 1 4 8 16] [--seconds 30] [--round-groups 1 2] [--push]
+        [--dtype bfloat16]
 
 With several `--round-groups` values the swarm runs once per value (`up --round-groups`:
 pipelined micro-batches), each level against that run's own single stream.
@@ -32,11 +33,15 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=2)
     parser.add_argument("--round-groups", type=int, nargs="+", default=[1])
     parser.add_argument("--push", action="store_true", help="up --push")
+    parser.add_argument(
+        "--dtype", default="auto", help="up --dtype (bfloat16: CPU peers on bf16 weights)"
+    )
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     for groups in args.round_groups:
         command = ["up", "--port", "0", "--peers", str(args.peers), "--round-groups", str(groups)]
         command += ["--push"] if args.push else []
+        command += ["--dtype", args.dtype]
         proc = start(command, "GATEWAY_READY ")
         try:
             runs = [
