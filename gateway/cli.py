@@ -95,10 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_head_graphs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--no-head-graphs",
-        dest="head_graphs",
-        action="store_false",
-        help="with --device cuda, run greedy head passes eagerly (not as CUDA-graph replays)",
+        "--head-graphs",
+        action="store_true",
+        help="with --device cuda, capture the greedy head pass as CUDA graphs at start and "
+        "replay them (not yet measured on a GPU: off by default)",
     )
 
 

@@ -4,8 +4,8 @@ The LM head is the gateway's largest matmul (vocabulary x hidden). Generations t
 while a head pass is running queue up; the next pass takes all of them at once, so the weights
 are read once per round instead of once per stream (continuous batching, gateway side).
 Plain greedy rows (no bias, penalty or logprobs) get their token picked in the same pass: one
-argmax over all of them and one device-to-host copy per round, not one per stream; on a GPU a
-pass of greedy rows only is one CUDA-graph replay (`swarm.head_graphs`).
+argmax over all of them and one device-to-host copy per round, not one per stream; on a GPU with
+`--head-graphs` a pass of greedy rows only is one CUDA-graph replay (`swarm.head_graphs`).
 """
 
 from __future__ import annotations

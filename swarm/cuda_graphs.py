@@ -38,11 +38,6 @@ class _Captured:
     hidden: torch.Tensor  # [rows, 1, h]
     indices: torch.Tensor  # [rows, 1 + pages]: each row's position, then its page table
     output: torch.Tensor
-    # pinned host staging of the inputs, reused by the steps whose output comes back to the
-    # host (`to_host`): each ends with a synchronize, also when it fails, so the next one
-    # cannot overwrite what a copy still reads; other steps stage in fresh pinned memory
-    staged_hidden: torch.Tensor
-    staged_indices: torch.Tensor
 
 
 class DecodeGraphs:
@@ -70,9 +65,7 @@ class DecodeGraphs:
         with torch.cuda.graph(graph):
             output = self.module(hidden, positions, table, self.pool)
         log.info("captured a decode graph for %d rows x %d pages", rows, pages)
-        staged_hidden = torch.zeros(hidden.shape, dtype=dtype, pin_memory=True)
-        staged_indices = torch.zeros(indices.shape, dtype=torch.int64, pin_memory=True)
-        return _Captured(graph, hidden, indices, output, staged_hidden, staged_indices)
+        return _Captured(graph, hidden, indices, output)
 
     def prepare(self, rows: int, pages: int) -> None:
         """Capture the bucket of (`rows`, `pages`) now, not at its first step."""
@@ -94,40 +87,15 @@ class DecodeGraphs:
         captured = self._graphs.get(key)
         if captured is None:
             captured = self._graphs[key] = self._capture(*key)
-        try:
-            return self._run(captured, hidden, positions, table, to_host)
-        except BaseException:
-            # copies from the staging buffers may still be queued: let them finish before a
-            # later step writes the buffers again
-            torch.cuda.current_stream(self.pool.device).synchronize()
-            raise
-
-    def _run(
-        self,
-        captured: _Captured,
-        hidden: torch.Tensor,
-        positions: torch.Tensor,
-        table: torch.Tensor,
-        to_host: bool,
-    ) -> torch.Tensor:
-        rows, pages = hidden.shape[0], table.shape[1]
         # padding rows and pages point at the scratch page, position 0
-        if to_host:  # in place: the last step that read the staging buffers has ended
-            indices = captured.staged_indices
-            indices.zero_()
-        else:
-            indices = torch.zeros(captured.indices.shape, dtype=torch.int64, pin_memory=True)
+        indices = torch.zeros(captured.indices.shape, dtype=torch.int64, pin_memory=True)
         indices[:rows, :1] = positions
         indices[:rows, 1 : 1 + pages] = table
         captured.indices.copy_(indices, non_blocking=True)
-        if to_host and hidden.device.type == "cpu":
-            captured.staged_hidden[:rows].copy_(hidden)  # casts to the span's dtype
-            captured.hidden[:rows].copy_(captured.staged_hidden[:rows], non_blocking=True)
-        else:
-            rows_in = hidden.to(self.pool.dtype)
-            if rows_in.device.type == "cpu":
-                rows_in = rows_in.pin_memory()
-            captured.hidden[:rows].copy_(rows_in, non_blocking=True)
+        rows_in = hidden.to(self.pool.dtype)
+        if rows_in.device.type == "cpu":
+            rows_in = rows_in.pin_memory()
+        captured.hidden[:rows].copy_(rows_in, non_blocking=True)
         captured.graph.replay()
         if not to_host:
             return captured.output[:rows].clone()
