@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import queue
 import signal
 import threading
@@ -51,9 +52,13 @@ class MainThreadExecutor(concurrent.futures.Executor):
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(RuntimeError("the compute executor has stopped"))
-            return future
-        self._queue.put((future, fn, args, kwargs))
+        else:
+            self._take(future, functools.partial(fn, *args, **kwargs))
         return future
+
+    def _take(self, future: concurrent.futures.Future[Any], work: Callable[[], Any]) -> None:
+        """Queue the work for the thread in `run_forever`."""
+        self._queue.put((future, work))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Shared executors are stopped only by their owner (`stop`); this does nothing."""
@@ -71,11 +76,11 @@ class MainThreadExecutor(concurrent.futures.Executor):
                 continue
             if item is _STOP:
                 break
-            future, fn, args, kwargs = item
+            future, work = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(fn(*args, **kwargs))
+                future.set_result(work())
             except BaseException as error:  # handed to whoever awaits it
                 future.set_exception(error)
         while True:  # fail anything submitted after the stop
@@ -138,19 +143,13 @@ class InlineExecutor(MainThreadExecutor):
     """Runs submitted work at once, on the thread that submits it (the event loop's own):
     `loop.run_in_executor(inline, fn)` computes `fn` before it returns."""
 
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if self._closed:
-            future.set_exception(RuntimeError("the compute executor has stopped"))
-            return future
+    def _take(self, future: concurrent.futures.Future[Any], work: Callable[[], Any]) -> None:
+        """Compute the work now."""
         future.set_running_or_notify_cancel()
         try:
-            future.set_result(fn(*args, **kwargs))
+            future.set_result(work())
         except BaseException as error:  # handed to whoever awaits it
             future.set_exception(error)
-        return future
 
     def run_forever(self) -> None:
         raise RuntimeError("an inline executor has no thread of its own to run")
