@@ -256,8 +256,7 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         # figure was bimodal from run to run in session 10)
         result["concurrent"] = sorted(runs, key=lambda r: r["tok_s"])[len(runs) // 2]
         result["concurrent"]["runs_tok_s"] = [r["tok_s"] for r in runs]
-        all_tokens = sum(r["tokens"] for r in runs)
-        tokens = max(1, all_tokens)
+        tokens = max(1, sum(r["tokens"] for r in runs))
         # all of a process's threads: the gateway's loop, its head and libp2p threads
         result["concurrent"]["cpu_us_per_token"] = {
             name: (cpu_after.get(name, seconds) - seconds) / tokens * 1e6

@@ -258,13 +258,8 @@ class Engine:
                 timer.observe(seconds)
                 self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
 
-            graphs = model.head.graphs
             batcher = HeadBatcher(
-                model.head.logits,
-                self._head_pool,
-                observe,
-                argmax=graphs.argmax if graphs is not None else None,
-                fits=graphs.fits if graphs is not None else lambda rows: False,
+                model.head.logits, self._head_pool, observe, picker=model.head.graphs
             )
             self._head_batchers[model.name] = batcher
         return batcher

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -23,7 +24,14 @@ from gateway.sampling import argmax_rows
 from swarm import trace
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
-Argmax = Callable[[torch.Tensor], tuple[list[int], list[float]]]
+
+
+class GreedyPicker(Protocol):
+    """Picks greedy rows' tokens straight from their hidden states (`swarm.head_graphs`)."""
+
+    def fits(self, rows: int) -> bool: ...
+
+    def argmax(self, hidden: torch.Tensor) -> tuple[list[int], list[float]]: ...
 
 
 @dataclass
@@ -39,14 +47,12 @@ class HeadBatcher:
         logits: Logits,
         executor: concurrent.futures.Executor,
         observe: Callable[[float], None] | None = None,
-        argmax: Argmax | None = None,
-        fits: Callable[[int], bool] = lambda rows: True,
+        picker: GreedyPicker | None = None,
     ) -> None:
         self._logits = logits
-        # all-greedy passes of up to `fits` rows: their picks straight from the hidden states
-        # (the head's CUDA graphs, `swarm.head_graphs`), no logits handed out
-        self._argmax = argmax
-        self._fits = fits
+        # all-greedy passes that fit it: their picks straight from the hidden states (the
+        # head's CUDA graphs), no logits computed for them
+        self._picker = picker
         self._executor = executor
         self._observe = observe  # called on the event loop with each pass's seconds
         self._pending: list[_Waiting] = []
@@ -88,9 +94,10 @@ class HeadBatcher:
         stacked = torch.cat([w.hidden for w in batch]) if len(batch) > 1 else batch[0].hidden
         out: list[torch.Tensor | list[int] | ValueError]
         greedy = [i for i, w in enumerate(batch) if w.greedy]
-        if self._argmax is not None and len(greedy) == len(batch) and self._fits(sum(sizes)):
+        picker = self._picker
+        if picker is not None and len(greedy) == len(batch) and picker.fits(sum(sizes)):
             out = [[] for _ in batch]  # each replaced by its picks
-            self._pick(out, greedy, sizes, *self._argmax(stacked))
+            self._pick(out, greedy, sizes, *picker.argmax(stacked))
         else:
             logits = self._logits(stacked)
             parts = list(torch.split(logits, sizes))

@@ -76,13 +76,7 @@ class MainThreadExecutor(concurrent.futures.Executor):
                 continue
             if item is _STOP:
                 break
-            future, work = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(work())
-            except BaseException as error:  # handed to whoever awaits it
-                future.set_exception(error)
+            _run(*item)
         while True:  # fail anything submitted after the stop
             try:
                 item = self._queue.get_nowait()
@@ -90,6 +84,16 @@ class MainThreadExecutor(concurrent.futures.Executor):
                 return
             if item is not _STOP:
                 item[0].set_exception(RuntimeError("the compute executor has stopped"))
+
+
+def _run(future: concurrent.futures.Future[Any], work: Callable[[], Any]) -> None:
+    """Do `work` for `future` (unless it was cancelled): its result or its error."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(work())
+    except BaseException as error:  # handed to whoever awaits it
+        future.set_exception(error)
 
 
 def run_async_with_compute(
@@ -109,10 +113,7 @@ def run_async_with_compute(
             executor.stop()
 
     def forward(signum: int, _frame: object) -> None:
-        if executor.signal_handler is not None:
-            executor.signal_handler(signum)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        _deliver(executor, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=body, name="asyncio", daemon=True)
@@ -145,11 +146,7 @@ class InlineExecutor(MainThreadExecutor):
 
     def _take(self, future: concurrent.futures.Future[Any], work: Callable[[], Any]) -> None:
         """Compute the work now."""
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(work())
-        except BaseException as error:  # handed to whoever awaits it
-            future.set_exception(error)
+        _run(future, work)
 
     def run_forever(self) -> None:
         raise RuntimeError("an inline executor has no thread of its own to run")

@@ -92,26 +92,25 @@ def test_a_row_with_nan_logits_fails_only_its_own_waiter() -> None:
 
 
 def test_an_all_greedy_pass_takes_the_argmax_path_and_a_mixed_one_the_logits() -> None:
-    """With an `argmax` (the GPU head's graphs), a pass whose rows are all greedy and fit gets
+    """With a picker (the GPU head's graphs), a pass whose rows are all greedy and fit gets
     its picks from it alone; a pass with a logits waiter, or too many rows, computes logits."""
     argmax_rows: list[int] = []
 
-    def argmax(hidden: torch.Tensor) -> tuple[list[int], list[float]]:
-        argmax_rows.append(hidden.shape[0])
-        top, ids = (hidden @ WEIGHT.T)[:, -1].max(-1)
-        return ids.tolist(), top.tolist()
+    class Picker:
+        def fits(self, rows: int) -> bool:
+            return rows <= 4
+
+        def argmax(self, hidden: torch.Tensor) -> tuple[list[int], list[float]]:
+            argmax_rows.append(hidden.shape[0])
+            top, ids = (hidden @ WEIGHT.T)[:, -1].max(-1)
+            return ids.tolist(), top.tolist()
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
         time.sleep(0.05)
         return hidden @ WEIGHT.T
 
     async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[object]]:
-        batcher = HeadBatcher(
-            logits,
-            concurrent.futures.ThreadPoolExecutor(1),
-            argmax=argmax,
-            fits=lambda rows: rows <= 4,
-        )
+        batcher = HeadBatcher(logits, concurrent.futures.ThreadPoolExecutor(1), picker=Picker())
         nan = torch.full((1, 1, 4), float("nan"))
         inputs = [torch.randn(b, 1, 4) for b in (1, 2, 1)] + [nan, torch.randn(5, 1, 4)]
         first = await batcher.greedy(inputs[0])  # alone: the argmax path

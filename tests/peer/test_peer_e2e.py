@@ -102,6 +102,11 @@ async def swarm_greedy(
         return await decode_greedy(session, head, hidden, steps)
 
 
+def join(peers: list[Proc], blocks: str, *flags: str) -> Proc:
+    """One more peer, serving `blocks`, in the swarm of `peers`."""
+    return start_peer("--blocks", blocks, *flags, bootstrap=str(peers[0].ready["maddrs"][0]))  # type: ignore[index]
+
+
 async def decode_greedy(
     session: InferenceSession, head: Head, hidden: torch.Tensor, steps: int
 ) -> list[int]:
@@ -143,12 +148,7 @@ def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
     head = Head(weights)
     prompt = head.encode_chat(QUESTION)
     expected = reference_greedy(weights, prompt, 12)
-    no_lanes = start_peer(
-        "--blocks",
-        "15:30",
-        "--no-lanes",
-        bootstrap=str(peers[0].ready["maddrs"][0]),  # type: ignore[index]
-    )
+    no_lanes = join(peers, "15:30", "--no-lanes")
 
     async def main() -> None:
         node = await client(peers)
@@ -178,6 +178,30 @@ def test_sessions_run_over_lanes_or_libp2p_streams_with_the_same_tokens(
         assert no_lanes.stop() == 0, no_lanes.output[-2000:]
 
 
+def test_a_peer_computing_inline_gives_the_same_tokens_and_stops_on_sigterm(
+    peers: list[Proc], weights: Weights
+) -> None:
+    """`--compute inline`: the span computes on the peer's event loop (main thread); a chain
+    through such a peer gives the full model's tokens, and SIGTERM still stops it cleanly."""
+    head = Head(weights)
+    prompt = head.encode_chat(QUESTION)
+    expected = reference_greedy(weights, prompt, 12)
+    inline = join(peers, "15:30", "--compute", "inline")
+
+    async def main() -> None:
+        node = await client(peers)
+        try:
+            route = hops([peers[0], inline])
+            assert await swarm_greedy(node, head, weights, route, prompt, 12) == expected
+        finally:
+            await node.stop()
+
+    try:
+        run(main())
+    finally:
+        assert inline.stop() == 0, inline.output[-2000:]
+
+
 def test_steps_are_pushed_peer_to_peer_or_relayed_with_the_same_tokens(
     peers: list[Proc], weights: Weights
 ) -> None:
@@ -187,12 +211,7 @@ def test_steps_are_pushed_peer_to_peer_or_relayed_with_the_same_tokens(
     head = Head(weights)
     prompt = head.encode_chat(QUESTION)
     expected = reference_greedy(weights, prompt, 12)
-    no_push = start_peer(
-        "--blocks",
-        "0:15",
-        "--no-push",
-        bootstrap=str(peers[0].ready["maddrs"][0]),  # type: ignore[index]
-    )
+    no_push = join(peers, "0:15", "--no-push")
 
     async def counters(node: P2PNode, proc: Proc) -> dict[str, int]:
         return dict((await info(node, proc))["counters"])
