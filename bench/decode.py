@@ -5,12 +5,13 @@ p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), ag
 model's `generate` in this process with the same number of threads (the baseline, measured in
 the same run). Prints a table; writes JSON to bench-out/decode.json.
 
-    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups relay push libp2p]
+    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups relay push libp2p mkl]
 
 `--setups` runs each swarm once per way its hops talk: `relay` (the default: lanes, TCP + Noise
 beside libp2p, swarm/lanes.py, every output back through the gateway), `push` (`--push`: each
 peer sends its output straight to the next) and `libp2p` (`--no-lanes`: py-libp2p streams, as
-in session 4).
+in session 4); `mkl` (`--no-pack`) runs the CPU peers' linears through MKL instead of
+oneDNN's packed kernels.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SETUPS = {  # extra `up` flags of each setup
     "relay": [],
     "push": ["--push"],
     "libp2p": ["--no-lanes"],
+    "mkl": ["--no-pack"],  # CPU peers' linears through MKL, as before session 12
 }
 
 from bench.overhead import overhead  # noqa: E402

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     extra += ["--metrics-port", "0"] if args.peer_metrics else []
     extra += [] if args.lanes else ["--no-lanes"]
     extra += [] if args.compile else ["--no-compile"]
+    extra += [] if args.pack else ["--no-pack"]
     extra += ["--compute", args.compute]
     try:
         bootstrap: str | None = None
@@ -193,6 +194,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="compile",
         action="store_false",
         help="on CUDA, the peers run their layers eagerly (no torch.compile of fused parts)",
+    )
+    parser.add_argument(
+        "--no-pack",
+        dest="pack",
+        action="store_false",
+        help="on a CPU in float32, the peers keep their weights in PyTorch's layout (MKL) "
+        "instead of oneDNN's packed one",
     )
     add_compute_flag(parser)
     parser.add_argument("--log-level", default=None)

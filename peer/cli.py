@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         push=args.push,
         lane_port=args.lane_port,
         compile=args.compile,
+        pack=args.pack,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
     runner = run_async_inline if args.compute == "inline" else run_async_with_compute
@@ -136,6 +137,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="compile",
         action="store_false",
         help="on CUDA, run the layers eagerly (no torch.compile of their fused parts)",
+    )
+    parser.add_argument(
+        "--no-pack",
+        dest="pack",
+        action="store_false",
+        help="on a CPU in float32, keep the layers' weights in PyTorch's layout (MKL) instead "
+        "of oneDNN's packed one",
     )
     parser.add_argument(
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"

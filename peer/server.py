@@ -81,6 +81,7 @@ class PeerConfig:
     push: bool = True  # send step outputs straight to the next hop when the client asks
     lane_port: int = 0  # on the libp2p listen address's host (0: a free port)
     compile: bool = True  # on CUDA: compile the layers' parts around attention (Triton)
+    pack: bool = True  # on a CPU in fp32: linears in oneDNN's packed layout (swarm.cpu_linear)
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -240,6 +241,8 @@ class PeerServer:
             if config.quant != "none":
                 quantize_linears(span.module, config.quant, self.dtype)  # type: ignore[arg-type]
                 span.quant = config.quant
+            if config.pack and span.pack_linears():
+                log.info("CPU linears packed for oneDNN")
             if config.compile and span.compile_layers():
                 log.info("compiling the layers' fused parts (first steps of each shape)")
             return span

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from swarm import llama_span
+from swarm.cpu_linear import PackedLinear, pack_linears
 from swarm.cuda_graphs import DecodeGraphs
 from swarm.kv_pages import PagedCache, PagePool, page_tables
 from swarm.models.skeleton import build_span_module
@@ -96,6 +97,7 @@ class Span:
         self.device = torch.device(device)
         self.quant = "none"
         self.compiled = False  # layers compiled (`compile_layers`)
+        self.packed = False  # CPU linears in oneDNN's packed layout (`pack_linears`)
         self.hidden_size = int(weights.config.hidden_size)
         self.block_hashes = tuple(weights.block_hash(i) for i in range(start, end))
         indices = range(start, end)
@@ -129,6 +131,17 @@ class Span:
         llama_span.compile_layers(self.module)  # type: ignore[arg-type]
         self.compiled = True
         return True
+
+    def pack_linears(self) -> bool:
+        """Keep the paged layers' fp32 CPU weights in oneDNN's packed layout (see
+        `swarm.cpu_linear`: ~1.7x faster linears at 1-16 rows); False where that does not
+        apply (another device or dtype, quantized, unpaged, or no packed kernels)."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return False
+        if self.quant != "none" or self.pool is None:
+            return False
+        self.packed = pack_linears(self.module) > 0
+        return self.packed
 
     @torch.inference_mode()
     def warm_up(self, rows: list[int], pages: list[int]) -> int:
@@ -177,7 +190,8 @@ class Span:
             self.pool.reserve(tokens)
 
     def parameter_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.module.parameters())
+        packed = sum(m.weight_bytes() for m in self.module.modules() if isinstance(m, PackedLinear))
+        return packed + sum(p.numel() * p.element_size() for p in self.module.parameters())
 
     def _check(self, hidden: torch.Tensor, cache: Cache, position: int | None) -> int:
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_size:

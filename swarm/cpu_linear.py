@@ -1,21 +1,25 @@
-"""Linear layers of several rows on the CPU through oneDNN's prepacked fp32 kernels.
+"""Linear layers on the CPU through oneDNN's prepacked fp32 kernels.
 
-MKL's fp32 GEMM, which `F.linear` takes on the CPU, is slow for a few rows against a wide
-weight: SmolLM2's LM head (49152 x 576) took 11-14 ms for 8 rows against 3-4 ms for one (two
-cores, AVX-512), a round of 8 streams' head pass thus as long as a third of a peer's step. The
-same weight packed once for oneDNN (`torch.ops.mkldnn._reorder_linear_weight`) computes 8 rows
-in 5-5.5 ms, 16 in 7-7.6, with the same fp32 results up to rounding (max relative difference
-8e-7 on the LM head); for 1-3 rows both take the same time, and MKL is kept there. oneDNN's
-ops are torch internals (Inductor's CPU path uses them): where they are missing, everything
-stays on `F.linear`.
+`F.linear` takes MKL's fp32 GEMM on the CPU, which is slow for the few rows of a decode step:
+- SmolLM2's LM head (49152 x 576), 8 rows: MKL 11-14 ms, packed for oneDNN 5-5.5 ms (Intel
+  Sapphire Rapids, 2 cores; 1-3 rows took the same time both ways there). On AMD EPYC (Zen 4,
+  where MKL takes slower paths) one row took 10.5 ms through MKL, 4.7 ms packed.
+- A span's layers (15 SmolLM2 blocks, 212 MB of fp32 weights read from memory), Zen 4: one
+  row 29 -> 19 ms, 8 rows 44 -> 22 ms, a 37-token prefill 54 -> 36 ms.
+The packed kernel is thus never slower and is taken at every row count. Its results are
+F.linear's up to rounding (max relative difference ~1e-6, same argmax on the LM head).
+
+`RowsLinear` packs a weight that must stay in place too (a head tied to its embeddings) at
+its first call; `pack_linears` swaps a module's `nn.Linear`s for `PackedLinear`s, which keep
+only the packed weight. oneDNN's ops are torch internals (Inductor's CPU path uses them):
+where they are missing, everything stays on `F.linear`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-PACKED_FROM_ROWS = 4  # rows from which the packed kernel is used (measured faster from 4)
+from torch import nn
 
 
 def packed_linear_available() -> bool:
@@ -29,10 +33,10 @@ def packed_linear_available() -> bool:
 
 
 class RowsLinear:
-    """`F.linear(x, weight, bias)` for fp32 CPU tensors, through oneDNN's prepacked kernel for
-    `PACKED_FROM_ROWS` rows or more. The weight is packed at the first such call (a copy beside
-    the original: a head that only ever computes one row costs no memory more); where packing
-    fails, every call stays on `F.linear`. The weight must not change afterwards."""
+    """`F.linear(x, weight, bias)` for fp32 CPU tensors, through oneDNN's prepacked kernel. The
+    weight is packed at the first call (a copy beside the original, which stays in use
+    elsewhere); where packing fails, every call stays on `F.linear`. The weight must not change
+    afterwards."""
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, batch_hint: int = 32
@@ -44,10 +48,7 @@ class RowsLinear:
         self._unpackable = not packed_linear_available()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        packed = None
-        if rows >= PACKED_FROM_ROWS and x.dtype == torch.float32:
-            packed = self._packed_weight()
+        packed = self._packed_weight() if x.dtype == torch.float32 else None
         if packed is None:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
@@ -61,3 +62,50 @@ class RowsLinear:
             except RuntimeError:  # a torch build whose oneDNN cannot: MKL it is
                 self._unpackable = True
         return self._packed
+
+
+class PackedLinear(nn.Module):
+    """An fp32 CPU `nn.Linear` that keeps its weight in oneDNN's packed layout only (no copy in
+    PyTorch's own layout) and computes every row count through oneDNN's kernel."""
+
+    def __init__(self, linear: nn.Linear, batch_hint: int = 32) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            raise ValueError("PackedLinear packs fp32 CPU weights only")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.packed, self.bias, "none", [], ""
+        )
+        return out
+
+    def weight_bytes(self) -> int:
+        bias = 0 if self.bias is None else self.bias.numel()
+        return (self.in_features * self.out_features + bias) * 4
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+
+
+def pack_linears(module: nn.Module) -> int:
+    """Replace every fp32 CPU `nn.Linear` under `module` with a `PackedLinear`, in place;
+    returns how many were replaced (0 where oneDNN's packed kernels are missing)."""
+    if not packed_linear_available():
+        return 0
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            if child.weight.device.type == "cpu" and child.weight.dtype == torch.float32:
+                try:
+                    packed = PackedLinear(child)
+                except RuntimeError:  # a oneDNN that cannot pack this: it stays as it is
+                    continue
+                setattr(module, name, packed)
+                replaced += 1
+        else:
+            replaced += pack_linears(child)
+    return replaced

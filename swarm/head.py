@@ -50,9 +50,9 @@ class Head:
                 self._host_embed.embed_scale = scale.cpu()
         self.norm: nn.Module = module.get_submodule(weights.layout.norm)
         self.lm_head: nn.Module = module.get_submodule(weights.layout.lm_head)
-        # a CPU head's passes of several rows (concurrent streams) through oneDNN's packed
-        # kernel: 8 rows of SmolLM2's LM head 11-14 -> 5-5.5 ms (`swarm.cpu_linear`); the LM
-        # head's weight is never changed after this (nor its tied embeddings)
+        # a CPU head's passes through oneDNN's packed kernel: 8 rows of SmolLM2's LM head
+        # 11-14 -> 5-5.5 ms, one row on AMD 10.5 -> 4.7 ms (`swarm.cpu_linear`); the LM head's
+        # weight is never changed after this (nor its tied embeddings)
         self._rows_head: RowsLinear | None = None
         weight = getattr(self.lm_head, "weight", None)
         if (

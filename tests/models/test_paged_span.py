@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from swarm.blocks import Span
@@ -124,3 +125,34 @@ def test_padding_rows_and_pages_leaves_the_real_rows_unchanged(smollm2: Weights)
         padded = span.module(xp, pp, tp, span.pool)[:3]
     assert rows == 4 and padded_pages > pages
     assert _close(padded, exact)
+
+
+def test_packed_linears_give_the_same_prefill_and_batched_decode(smollm2: Weights) -> None:
+    packed, plain = Span(smollm2, 0, 4), Span(smollm2, 0, 4)
+    expected_bytes = plain.parameter_bytes()
+    if not packed.pack_linears():
+        pytest.skip("no oneDNN packed kernels in this torch")
+    assert packed.packed and not plain.packed
+    assert packed.parameter_bytes() == expected_bytes
+    size = packed.hidden_size
+    prompts = [_hidden(n, seed, size) for seed, n in enumerate((3, 40))]
+    caches = {span: [span.new_cache() for _ in prompts] for span in (packed, plain)}
+    for span, span_caches in caches.items():
+        for prompt, cache in zip(prompts, span_caches, strict=True):
+            span.forward(prompt, cache)
+    for i in range(4):
+        hidden = torch.cat([_hidden(1, 200 + 10 * s + i, size) for s in range(len(prompts))])
+        got = packed.forward_many(hidden, caches[packed])
+        assert _close(got, plain.forward_many(hidden, caches[plain]))
+    prompt = _hidden(9, 7, size)
+    assert _close(
+        packed.forward(prompt, packed.new_cache()), plain.forward(prompt, plain.new_cache())
+    )
+
+
+def test_only_fp32_cpu_paged_unquantized_spans_pack(smollm2: Weights) -> None:
+    assert not Span(smollm2, 0, 1, dtype=torch.bfloat16).pack_linears()
+    assert not Span(smollm2, 0, 1, paged=False).pack_linears()
+    quantized = Span(smollm2, 0, 1)
+    quantized.quant = "int8"
+    assert not quantized.pack_linears()

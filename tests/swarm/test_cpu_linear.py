@@ -1,12 +1,13 @@
-"""oneDNN's packed kernel for a CPU linear layer of several rows gives F.linear's results."""
+"""oneDNN's packed kernel for a CPU linear layer gives F.linear's results, at any row count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from swarm.cpu_linear import PACKED_FROM_ROWS, RowsLinear, packed_linear_available
+from swarm.cpu_linear import PackedLinear, RowsLinear, pack_linears, packed_linear_available
 
 pytestmark = pytest.mark.skipif(not packed_linear_available(), reason="no oneDNN in this torch")
 
@@ -17,7 +18,7 @@ def test_rows_linear_matches_f_linear_for_any_number_of_rows(bias: bool) -> None
     weight = torch.randn(1000, 64, generator=gen) * 0.1
     b = torch.randn(1000, generator=gen) if bias else None
     layer = RowsLinear(weight, b)
-    for rows in (1, PACKED_FROM_ROWS - 1, PACKED_FROM_ROWS, 8, 33):
+    for rows in (1, 2, 4, 8, 33):
         x = torch.randn(rows, 1, 64, generator=gen)  # [rows, positions, hidden], as a head gets
         expected = F.linear(x, weight, b)
         got = layer(x)
@@ -29,3 +30,30 @@ def test_rows_linear_matches_f_linear_for_any_number_of_rows(bias: bool) -> None
 def test_rows_linear_takes_fp32_cpu_weights_only() -> None:
     with pytest.raises(ValueError, match="fp32 CPU"):
         RowsLinear(torch.zeros(4, 4, dtype=torch.bfloat16))
+
+
+def test_pack_linears_swaps_fp32_linears_and_keeps_their_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 96), nn.SiLU(), nn.Sequential(nn.Linear(96, 32, bias=False))
+    )
+    half = nn.Linear(8, 8).to(torch.bfloat16)  # not fp32: left alone
+    model.append(half)
+    x = torch.randn(5, 3, 64)
+    with torch.inference_mode():
+        expected = model[:3](x)
+        assert pack_linears(model) == 2
+        assert isinstance(model[0], PackedLinear) and isinstance(model[2][0], PackedLinear)
+        assert model[3] is half
+        got = model[:3](x)
+        assert got.shape == expected.shape == (5, 3, 32)
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+        one_row = model[:3](x[:1, :1])  # a decode step's single row takes the packed path too
+        assert torch.allclose(one_row, expected[:1, :1], rtol=1e-5, atol=1e-5)
+    assert model[0].weight_bytes() == (64 * 96 + 96) * 4
+    assert not list(model[0].parameters())  # the unpacked weight is not kept
+
+
+def test_packed_linear_takes_fp32_cpu_weights_only() -> None:
+    with pytest.raises(ValueError, match="fp32 CPU"):
+        PackedLinear(nn.Linear(4, 4).to(torch.bfloat16))
