@@ -47,7 +47,7 @@ SETUPS = {  # extra `up` flags of each setup
     "serial-rounds": ["--rounds-in-flight", "1"],  # two groups, one round in flight (session 7)
     "eager": ["--no-compile"],  # layers not compiled (session 8)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
-    "head-graphs": ["--head-graphs"],  # greedy head passes as CUDA-graph replays
+    "eager-head": ["--no-head-graphs"],  # greedy head passes eager (default until session 12)
     "inline": ["--compute", "inline"],  # peers compute on their event loop
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]

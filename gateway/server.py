@@ -56,10 +56,10 @@ class GatewayConfig:
     rounds_in_flight: int | None = None  # rounds a peer pipelines; None: one per round group
     push: bool = False  # peers push each hop's output straight to the next hop
     stream_after_send: bool = False  # deltas written once the next step left (see Engine)
-    head_graphs: bool = False  # on a GPU, greedy head passes replay CUDA graphs
+    head_graphs: bool = True  # on a GPU, greedy head passes replay CUDA graphs
 
 
-def load_served_model(name: str, device: str = "cpu", head_graphs: bool = False) -> ServedModel:
+def load_served_model(name: str, device: str = "cpu", head_graphs: bool = True) -> ServedModel:
     weights = load_weights(name)
     entry = find_entry(name)
     aliases = entry.aliases if entry else ()
