@@ -48,7 +48,7 @@ SETUPS = {  # extra `up` flags of each setup
     "eager": ["--no-compile"],  # layers not compiled (session 8)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
     "eager-head": ["--no-head-graphs"],  # greedy head passes eager (default until session 12)
-    "inline": ["--compute", "inline"],  # peers compute on their event loop
+    "thread": ["--compute", "thread"],  # peers compute beside their loop (default until session 12)
 }
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 

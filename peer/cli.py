@@ -15,6 +15,7 @@ from swarm.logs import setup_logging
 from swarm.main_thread import (
     MainThreadExecutor,
     add_compute_flag,
+    compute_mode,
     on_signal,
     run_async_inline,
     run_async_with_compute,
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         pack=args.pack,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
-    runner = run_async_inline if args.compute == "inline" else run_async_with_compute
+    inline = compute_mode(args.compute, args.device) == "inline"
+    runner = run_async_inline if inline else run_async_with_compute
     try:
         return runner(lambda compute: serve(config, compute))
     except KeyboardInterrupt:

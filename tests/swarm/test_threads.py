@@ -10,7 +10,12 @@ import threading
 
 import torch
 
-from swarm.main_thread import MainThreadExecutor, run_async_inline, run_async_with_compute
+from swarm.main_thread import (
+    MainThreadExecutor,
+    compute_mode,
+    run_async_inline,
+    run_async_with_compute,
+)
 from swarm.threads import COMPUTE_THREADS, compute_thread
 
 
@@ -52,3 +57,11 @@ def test_an_inline_program_computes_on_its_loop_thread_with_every_torch_thread()
         "compute": threading.main_thread().ident,
         "raised": True,
     }
+
+
+def test_compute_auto_is_inline_on_a_gpu_and_a_thread_on_a_cpu() -> None:
+    assert compute_mode("auto", "cuda") == "inline"
+    assert compute_mode("auto", "cuda:1") == "inline"
+    assert compute_mode("auto", "cpu") == "thread"
+    assert compute_mode("thread", "cuda") == "thread"  # an explicit choice stands
+    assert compute_mode("inline", "cpu") == "inline"
