@@ -1,8 +1,8 @@
 """Draw docs/benchmarks.png from the JSON the benchmarks wrote (bench-out/ by default).
 
-Reads `decode.json` and `concurrency.json` (CPU, this machine) and `gpu_h200.json` (the
-`device` tool's copy of bench/gpu.py's gpu.json) when present, and plots every figure next to
-its baseline. Needs the `bench` extra (matplotlib).
+Reads `decode.json` and `concurrency.json` (CPU, this machine) and `gpu.json` (the `device`
+tool's copy of bench/gpu.py's output; `gpu_h200.json`, its older name) when present, and
+plots every figure next to its baseline. Needs the `bench` extra (matplotlib).
 
     python bench/plot.py [--results bench-out] [--out docs/benchmarks.png]
 """
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     decode = _load(args.results, "decode.json")
     concurrency = _load(args.results, "concurrency.json")
-    gpu = _load(args.results, "gpu_h200.json")
+    gpu = _load(args.results, "gpu.json") or _load(args.results, "gpu_h200.json")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     if decode:
         rows = decode
@@ -57,7 +57,8 @@ def main() -> None:
         rows = gpu["rows"]
         axes[2].barh([r["setup"] for r in rows], [r["tok_s"] for r in rows], color="#f58518")
         axes[2].set_xlabel("tok/s")
-        axes[2].set_title("H200, Llama-3-8B shape, bf16")
+        device = str(gpu.get("device", "GPU")).replace("NVIDIA ", "")
+        axes[2].set_title(f"{device}, Llama-3-8B shape, bf16")
         axes[2].invert_yaxis()
         axes[2].tick_params(axis="y", labelsize=7)
     fig.tight_layout()

@@ -199,8 +199,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-pack",
         dest="pack",
         action="store_false",
-        help="on a CPU in float32, the peers keep their weights in PyTorch's layout (MKL) "
-        "instead of oneDNN's packed one",
+        help="on a CPU in float32, the peers keep a Llama-family span's weights in PyTorch's "
+        "layout (MKL) instead of oneDNN's packed one",
     )
     add_compute_flag(parser)
     parser.add_argument("--log-level", default=None)

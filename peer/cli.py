@@ -144,8 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-pack",
         dest="pack",
         action="store_false",
-        help="on a CPU in float32, keep the layers' weights in PyTorch's layout (MKL) instead "
-        "of oneDNN's packed one",
+        help="on a CPU in float32, keep a Llama-family span's weights in PyTorch's layout (MKL) "
+        "instead of oneDNN's packed one",
     )
     parser.add_argument(
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"

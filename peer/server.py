@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -35,6 +37,7 @@ from peer.throughput import measure_throughput
 from swarm.announce import Announcer
 from swarm.blocks import Span
 from swarm.lanes import LANE_PROTOCOL, LaneServer, LaneStream, listen_host
+from swarm.main_thread import InlineExecutor
 from swarm.models import Weights, load_weights
 from swarm.models.spec import spec_of
 from swarm.p2p import FrameStream, P2PNode
@@ -51,6 +54,7 @@ from swarm.swarm_view import SwarmView
 from swarm.wire import WireLimits
 
 log = logging.getLogger("swarmgate.peer")
+T = TypeVar("T")
 VERSION = "0.1.0"
 # decode graphs captured at start (CUDA): rows up to the graphs' limit, contexts up to 1024
 DECODE_GRAPH_ROWS = [1, 2, 4, 8, 16, 32, 64]
@@ -230,10 +234,25 @@ class PeerServer:
             if p.peer_id != self.node.peer_id
         ]
 
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a phase of a span's load (seconds: weights, compiles, graph captures) on the
+        compute executor; where that is the event loop itself (`--compute inline`) on a GPU,
+        on a helper thread with the peer's device current instead, so that a rebalancing peer
+        keeps answering (BUSY to new sessions) while it loads. An inline CPU peer builds on
+        its loop's thread (a span computes ~1.8x slower when built on another thread)."""
+        loop = asyncio.get_running_loop()
+        if not (isinstance(self.compute, InlineExecutor) and self.device.type == "cuda"):
+            return await loop.run_in_executor(self.compute, functools.partial(fn, *args))
+
+        def on_device() -> T:
+            with torch.cuda.device(self.device):
+                return fn(*args)
+
+        return await loop.run_in_executor(None, on_device)
+
     async def _load(self, start: int, end: int) -> None:
         assert self.weights is not None and self.node is not None
         weights, config = self.weights, self.config
-        loop = asyncio.get_running_loop()
         log.info("loading blocks [%d, %d) of %s", start, end, weights.name)
 
         def build() -> Span:
@@ -258,10 +277,8 @@ class PeerServer:
                 )
 
         # built on the compute thread: measured 1.8x slower decode when built on another thread
-        span = await loop.run_in_executor(self.compute, build)
-        throughput = await loop.run_in_executor(
-            self.compute, measure_throughput, span, weights.model_hash
-        )
+        span = await self._off_loop(build)
+        throughput = await self._off_loop(measure_throughput, span, weights.model_hash)
         text_config = weights.config
         head_dim = int(
             getattr(text_config, "head_dim", 0)
@@ -277,8 +294,8 @@ class PeerServer:
         # addresses), a first part on the CPU (it grows when needed)
         slack = 64 * span.page_size
         up_front = total if self.device.type == "cuda" else min(total, 8192)
-        await loop.run_in_executor(self.compute, span.reserve_cache, up_front + slack)
-        await loop.run_in_executor(self.compute, prepare_decode)
+        await self._off_loop(span.reserve_cache, up_front + slack)
+        await self._off_loop(prepare_decode)
         sessions = SessionTable(span, budget, config.idle_timeout)
         scheduler = StepScheduler(
             span,

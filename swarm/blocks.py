@@ -25,8 +25,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from swarm import llama_span
-from swarm.cpu_linear import PackedLinear, pack_linears
+from swarm import cpu_linear, llama_span
 from swarm.cuda_graphs import DecodeGraphs
 from swarm.kv_pages import PagedCache, PagePool, page_tables
 from swarm.models.skeleton import build_span_module
@@ -133,14 +132,15 @@ class Span:
         return True
 
     def pack_linears(self) -> bool:
-        """Keep the paged layers' fp32 CPU weights in oneDNN's packed layout (see
-        `swarm.cpu_linear`: ~1.7x faster linears at 1-16 rows); False where that does not
-        apply (another device or dtype, quantized, unpaged, or no packed kernels)."""
+        """Keep the paged (Llama-family) layers' fp32 CPU weights in oneDNN's packed layout
+        (see `swarm.cpu_linear`: ~1.7x faster linears at 1-16 rows); False where that does not
+        apply (another device or dtype, quantized, unpaged, or no packed kernels). The span
+        cannot be moved or cast afterwards."""
         if self.device.type != "cpu" or self.dtype != torch.float32:
             return False
         if self.quant != "none" or self.pool is None:
             return False
-        self.packed = pack_linears(self.module) > 0
+        self.packed = cpu_linear.pack_linears(self.module) > 0
         return self.packed
 
     @torch.inference_mode()
@@ -190,7 +190,11 @@ class Span:
             self.pool.reserve(tokens)
 
     def parameter_bytes(self) -> int:
-        packed = sum(m.weight_bytes() for m in self.module.modules() if isinstance(m, PackedLinear))
+        packed = sum(
+            m.weight_bytes()
+            for m in self.module.modules()
+            if isinstance(m, cpu_linear.PackedLinear)
+        )
         return packed + sum(p.numel() * p.element_size() for p in self.module.parameters())
 
     def _check(self, hidden: torch.Tensor, cache: Cache, position: int | None) -> int:

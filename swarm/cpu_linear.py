@@ -9,13 +9,15 @@
 The packed kernel is thus never slower and is taken at every row count. Its results are
 F.linear's up to rounding (max relative difference ~1e-6, same argmax on the LM head).
 
-`RowsLinear` packs a weight that must stay in place too (a head tied to its embeddings) at
-its first call; `pack_linears` swaps a module's `nn.Linear`s for `PackedLinear`s, which keep
-only the packed weight. oneDNN's ops are torch internals (Inductor's CPU path uses them):
-where they are missing, everything stays on `F.linear`.
+`RowsLinear` packs a copy of a weight that must stay in place too (a head tied to its
+embeddings); `PackedLinear` (and `pack_linears`, which swaps a module's `nn.Linear`s for
+them) keeps only the packed weight. oneDNN's ops are torch internals (Inductor's CPU path
+uses them): where they are missing, everything stays on `F.linear`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +36,9 @@ def packed_linear_available() -> bool:
 
 class RowsLinear:
     """`F.linear(x, weight, bias)` for fp32 CPU tensors, through oneDNN's prepacked kernel. The
-    weight is packed at the first call (a copy beside the original, which stays in use
-    elsewhere); where packing fails, every call stays on `F.linear`. The weight must not change
-    afterwards."""
+    weight is packed at the first call or `pack()` (a copy beside the original, which stays in
+    use elsewhere: a head tied to its embeddings); where packing fails, every call stays on
+    `F.linear`. The weight must not change afterwards."""
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None = None, batch_hint: int = 32
@@ -53,6 +55,10 @@ class RowsLinear:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return out
+
+    def pack(self) -> bool:
+        """Pack the weight now (not at the first call); False where it cannot be."""
+        return self._packed_weight() is not None
 
     def _packed_weight(self) -> torch.Tensor | None:
         if self._packed is None and not self._unpackable:
@@ -82,6 +88,10 @@ class PackedLinear(nn.Module):
             x, self.packed, self.bias, "none", [], ""
         )
         return out
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedLinear:
+        """`.to()`, `.cuda()`, `.half()`... would skip the opaque packed weight silently."""
+        raise RuntimeError("a packed CPU linear cannot be moved or cast: pack after placing it")
 
     def weight_bytes(self) -> int:
         bias = 0 if self.bias is None else self.bias.numel()

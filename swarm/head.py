@@ -6,6 +6,7 @@ through `embed`, hidden states come back out of the last span and become logits 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from swarm.cpu_linear import RowsLinear
+from swarm.cpu_linear import PackedLinear, RowsLinear, packed_linear_available
 from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
@@ -61,7 +62,14 @@ class Head:
             and weight.device.type == "cpu"
             and weight.dtype == torch.float32
         ):
-            self._rows_head = RowsLinear(weight, self.lm_head.bias)
+            embeddings = getattr(self.embed_tokens, "weight", None)
+            if isinstance(embeddings, torch.Tensor) and embeddings.data_ptr() == weight.data_ptr():
+                # tied: the embeddings keep the weight, so the packed one is a copy beside it
+                self._rows_head = RowsLinear(weight, self.lm_head.bias)
+                self._rows_head.pack()
+            elif packed_linear_available():  # untied: packed in place, no copy kept
+                with contextlib.suppress(RuntimeError):
+                    self.lm_head = PackedLinear(self.lm_head)
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
         self.hidden_size = int(weights.config.hidden_size)
         self.vocab_size = int(weights.config.vocab_size)

@@ -57,3 +57,9 @@ def test_pack_linears_swaps_fp32_linears_and_keeps_their_outputs() -> None:
 def test_packed_linear_takes_fp32_cpu_weights_only() -> None:
     with pytest.raises(ValueError, match="fp32 CPU"):
         PackedLinear(nn.Linear(4, 4).to(torch.bfloat16))
+
+
+def test_a_packed_linear_refuses_to_be_moved_or_cast() -> None:
+    layer = PackedLinear(nn.Linear(4, 4))
+    with pytest.raises(RuntimeError, match="cannot be moved or cast"):
+        layer.to(torch.float64)
