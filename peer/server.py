@@ -234,14 +234,17 @@ class PeerServer:
             if p.peer_id != self.node.peer_id
         ]
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _load_phase(self, moving: bool, fn: Callable[..., T], *args: Any) -> T:
         """Run a phase of a span's load (seconds: weights, compiles, graph captures) on the
-        compute executor; where that is the event loop itself (`--compute inline`) on a GPU,
-        on a helper thread with the peer's device current instead, so that a rebalancing peer
-        keeps answering (BUSY to new sessions) while it loads. An inline CPU peer builds on
-        its loop's thread (a span computes ~1.8x slower when built on another thread)."""
+        compute executor. A GPU peer that computes on its event loop (`--compute inline`) and
+        is `moving` to other blocks runs it on a helper thread instead, with its device
+        current, so that it keeps answering (BUSY to new sessions) while it loads; its first
+        load stays on the loop, the way the inline figures were measured (a span built on a
+        helper thread was not compared on the same GPU; on a CPU it computes ~1.8x slower,
+        so an inline CPU peer always builds on its loop's thread)."""
         loop = asyncio.get_running_loop()
-        if not (isinstance(self.compute, InlineExecutor) and self.device.type == "cuda"):
+        inline_gpu = isinstance(self.compute, InlineExecutor) and self.device.type == "cuda"
+        if not (moving and inline_gpu):
             return await loop.run_in_executor(self.compute, functools.partial(fn, *args))
 
         def on_device() -> T:
@@ -250,7 +253,7 @@ class PeerServer:
 
         return await loop.run_in_executor(None, on_device)
 
-    async def _load(self, start: int, end: int) -> None:
+    async def _load(self, start: int, end: int, moving: bool = False) -> None:
         assert self.weights is not None and self.node is not None
         weights, config = self.weights, self.config
         log.info("loading blocks [%d, %d) of %s", start, end, weights.name)
@@ -277,8 +280,8 @@ class PeerServer:
                 )
 
         # built on the compute thread: measured 1.8x slower decode when built on another thread
-        span = await self._off_loop(build)
-        throughput = await self._off_loop(measure_throughput, span, weights.model_hash)
+        span = await self._load_phase(moving, build)
+        throughput = await self._load_phase(moving, measure_throughput, span, weights.model_hash)
         text_config = weights.config
         head_dim = int(
             getattr(text_config, "head_dim", 0)
@@ -294,8 +297,8 @@ class PeerServer:
         # addresses), a first part on the CPU (it grows when needed)
         slack = 64 * span.page_size
         up_front = total if self.device.type == "cuda" else min(total, 8192)
-        await self._off_loop(span.reserve_cache, up_front + slack)
-        await self._off_loop(prepare_decode)
+        await self._load_phase(moving, span.reserve_cache, up_front + slack)
+        await self._load_phase(moving, prepare_decode)
         sessions = SessionTable(span, budget, config.idle_timeout)
         scheduler = StepScheduler(
             span,
@@ -379,7 +382,7 @@ class PeerServer:
             start + state.end - state.start,
         )
         try:
-            await self._load(start, start + state.end - state.start)
+            await self._load(start, start + state.end - state.start, moving=True)
         except BaseException:
             state.moving = False
             raise
