@@ -58,7 +58,7 @@ def main() -> None:
         axes[2].barh([r["setup"] for r in rows], [r["tok_s"] for r in rows], color="#f58518")
         axes[2].set_xlabel("tok/s")
         device = str(gpu.get("device", "GPU")).replace("NVIDIA ", "")
-        axes[2].set_title(f"{device}, Llama-3-8B shape, bf16")
+        axes[2].set_title(f"{device}, Llama-3-8B shape, bf16", fontsize=10)
         axes[2].invert_yaxis()
         axes[2].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
