@@ -4,7 +4,7 @@ Each level runs its clients for a fixed time (see `bench/load.py` for the client
 table gives aggregate tokens/s and its ratio to the single-stream level measured in the same run.
 
     python bench/concurrency.py [--levels 1 4 8 16] [--seconds 30] [--round-groups 1 2] [--push]
-        [--dtype bfloat16] [--no-pack]
+        [--dtype bfloat16] [--no-pack] [--up-flags=--stream-after-send ...]
 
 With several `--round-groups` values the swarm runs once per value (`up --round-groups`:
 pipelined micro-batches), each level against that run's own single stream.
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument(
         "--no-pack", action="store_true", help="up --no-pack (CPU linears through MKL)"
     )
+    parser.add_argument("--up-flags", nargs="*", default=[], help="more `swarmgate up` flags")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     for groups in args.round_groups:
@@ -46,6 +47,7 @@ def main() -> None:
         command += ["--push"] if args.push else []
         command += ["--dtype", args.dtype]
         command += ["--no-pack"] if args.no_pack else []
+        command += args.up_flags
         proc = start(command, "GATEWAY_READY ")
         try:
             runs = [
