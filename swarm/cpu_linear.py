@@ -119,3 +119,27 @@ def pack_linears(module: nn.Module) -> int:
         else:
             replaced += pack_linears(child)
     return replaced
+
+
+def pack_head(lm_head: nn.Module, embeddings: nn.Module) -> tuple[nn.Module, RowsLinear | None]:
+    """An fp32 CPU LM head whose passes go through oneDNN's packed kernel: `(packed, None)`,
+    packed in place, where its weight is its own; `(lm_head, rows)` where the embeddings share
+    its weight (`rows` computes the passes from a packed copy, made now); `(lm_head, None)`
+    where packing does not apply."""
+    weight = getattr(lm_head, "weight", None)
+    if not (
+        isinstance(lm_head, nn.Linear)
+        and isinstance(weight, torch.Tensor)
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and packed_linear_available()
+    ):
+        return lm_head, None
+    shared = getattr(embeddings, "weight", None)
+    if isinstance(shared, torch.Tensor) and shared.data_ptr() == weight.data_ptr():
+        rows = RowsLinear(weight, lm_head.bias)
+        return (lm_head, rows) if rows.pack() else (lm_head, None)
+    try:
+        return PackedLinear(lm_head), None
+    except RuntimeError:  # a oneDNN that cannot pack it
+        return lm_head, None

@@ -6,7 +6,6 @@ through `embed`, hidden states come back out of the last span and become logits 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from swarm.cpu_linear import PackedLinear, RowsLinear, packed_linear_available
+from swarm.cpu_linear import RowsLinear, pack_head
 from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
@@ -54,22 +53,8 @@ class Head:
         # a CPU head's passes through oneDNN's packed kernel: 8 rows of SmolLM2's LM head
         # 11-14 -> 5-5.5 ms, one row on AMD 10.5 -> 4.7 ms (`swarm.cpu_linear`); the LM head's
         # weight is never changed after this (nor its tied embeddings)
-        self._rows_head: RowsLinear | None = None
-        weight = getattr(self.lm_head, "weight", None)
-        if (
-            isinstance(self.lm_head, nn.Linear)
-            and isinstance(weight, torch.Tensor)
-            and weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-        ):
-            embeddings = getattr(self.embed_tokens, "weight", None)
-            if isinstance(embeddings, torch.Tensor) and embeddings.data_ptr() == weight.data_ptr():
-                # tied: the embeddings keep the weight, so the packed one is a copy beside it
-                self._rows_head = RowsLinear(weight, self.lm_head.bias)
-                self._rows_head.pack()
-            elif packed_linear_available():  # untied: packed in place, no copy kept
-                with contextlib.suppress(RuntimeError):
-                    self.lm_head = PackedLinear(self.lm_head)
+        self._rows_head: RowsLinear | None
+        self.lm_head, self._rows_head = pack_head(self.lm_head, self.embed_tokens)
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
         self.hidden_size = int(weights.config.hidden_size)
         self.vocab_size = int(weights.config.vocab_size)

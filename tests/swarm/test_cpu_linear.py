@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swarm.cpu_linear import PackedLinear, RowsLinear, pack_linears, packed_linear_available
+from swarm.cpu_linear import (
+    PackedLinear,
+    RowsLinear,
+    pack_head,
+    pack_linears,
+    packed_linear_available,
+)
 
 pytestmark = pytest.mark.skipif(not packed_linear_available(), reason="no oneDNN in this torch")
 
@@ -63,3 +69,22 @@ def test_a_packed_linear_refuses_to_be_moved_or_cast() -> None:
     layer = PackedLinear(nn.Linear(4, 4))
     with pytest.raises(RuntimeError, match="cannot be moved or cast"):
         layer.to(torch.float64)
+
+
+def test_an_untied_head_is_packed_in_place_and_a_tied_one_beside_its_embeddings() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 16)
+    untied, embeddings = nn.Linear(16, 50, bias=False), nn.Embedding(50, 16)
+    expected = untied(x).detach()
+    head, rows = pack_head(untied, embeddings)
+    assert isinstance(head, PackedLinear) and rows is None  # no unpacked copy kept
+    assert torch.allclose(head(x), expected, rtol=1e-5, atol=1e-5)
+
+    tied = nn.Linear(16, 50, bias=False)
+    embeddings.weight = tied.weight  # tied: the embeddings still need the plain weight
+    head, rows = pack_head(tied, embeddings)
+    assert head is tied and rows is not None
+    assert torch.allclose(rows(x), tied(x).detach(), rtol=1e-5, atol=1e-5)
+
+    half = nn.Linear(16, 50).to(torch.bfloat16)
+    assert pack_head(half, embeddings) == (half, None)
