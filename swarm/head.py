@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from swarm.cpu_linear import RowsLinear, pack_head
+from swarm.cpu_linear import packed
 from swarm.head_graphs import MAX_ROWS, GreedyHeadGraphs
 from swarm.models.skeleton import build_head_module
 from swarm.models.weights import Weights
@@ -52,9 +52,9 @@ class Head:
         self.lm_head: nn.Module = module.get_submodule(weights.layout.lm_head)
         # a CPU head's passes through oneDNN's packed kernel: 8 rows of SmolLM2's LM head
         # 11-14 -> 5-5.5 ms, one row on AMD 10.5 -> 4.7 ms (`swarm.cpu_linear`); the LM head's
-        # weight is never changed after this (nor its tied embeddings)
-        self._rows_head: RowsLinear | None
-        self.lm_head, self._rows_head = pack_head(self.lm_head, self.embed_tokens)
+        # weight is never changed after this (nor its tied embeddings, which keep the plain
+        # weight alive beside the packed one: +113 MB for SmolLM2)
+        self.lm_head = packed(self.lm_head)
         self.softcap: float | None = getattr(weights.config, "final_logit_softcapping", None)
         self.hidden_size = int(weights.config.hidden_size)
         self.vocab_size = int(weights.config.vocab_size)
@@ -121,8 +121,7 @@ class Head:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """`hidden[batch, n, h]` (output of the last block) → fp32 `logits[batch, n, vocab]`."""
         normed = self.norm(hidden.to(device=self.device, dtype=self.dtype))
-        head = self._rows_head or self.lm_head
-        logits: torch.Tensor = head(normed).float()
+        logits: torch.Tensor = self.lm_head(normed).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -7,23 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swarm.cpu_linear import (
-    PackedLinear,
-    RowsLinear,
-    pack_head,
-    pack_linears,
-    packed_linear_available,
-)
+from swarm.cpu_linear import PackedLinear, pack_linears, packed, packed_linear_available
 
 pytestmark = pytest.mark.skipif(not packed_linear_available(), reason="no oneDNN in this torch")
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_rows_linear_matches_f_linear_for_any_number_of_rows(bias: bool) -> None:
+def test_packed_linear_matches_f_linear_for_any_number_of_rows(bias: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(1000, 64, generator=gen) * 0.1
     b = torch.randn(1000, generator=gen) if bias else None
-    layer = RowsLinear(weight, b)
+    linear = nn.Linear(64, 1000, bias=bias)
+    linear.weight.data, linear.bias = weight, None if b is None else nn.Parameter(b)
+    layer = PackedLinear(linear)
     for rows in (1, 2, 4, 8, 33):
         x = torch.randn(rows, 1, 64, generator=gen)  # [rows, positions, hidden], as a head gets
         expected = F.linear(x, weight, b)
@@ -31,11 +27,6 @@ def test_rows_linear_matches_f_linear_for_any_number_of_rows(bias: bool) -> None
         assert got.shape == expected.shape == (rows, 1, 1000)
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
-
-
-def test_rows_linear_takes_fp32_cpu_weights_only() -> None:
-    with pytest.raises(ValueError, match="fp32 CPU"):
-        RowsLinear(torch.zeros(4, 4, dtype=torch.bfloat16))
 
 
 def test_pack_linears_swaps_fp32_linears_and_keeps_their_outputs() -> None:
@@ -71,20 +62,15 @@ def test_a_packed_linear_refuses_to_be_moved_or_cast() -> None:
         layer.to(torch.float64)
 
 
-def test_an_untied_head_is_packed_in_place_and_a_tied_one_beside_its_embeddings() -> None:
+def test_a_head_tied_to_its_embeddings_packs_beside_the_weight_they_keep() -> None:
     torch.manual_seed(0)
     x = torch.randn(3, 1, 16)
-    untied, embeddings = nn.Linear(16, 50, bias=False), nn.Embedding(50, 16)
-    expected = untied(x).detach()
-    head, rows = pack_head(untied, embeddings)
-    assert isinstance(head, PackedLinear) and rows is None  # no unpacked copy kept
-    assert torch.allclose(head(x), expected, rtol=1e-5, atol=1e-5)
-
-    tied = nn.Linear(16, 50, bias=False)
+    tied, embeddings = nn.Linear(16, 50, bias=False), nn.Embedding(50, 16)
     embeddings.weight = tied.weight  # tied: the embeddings still need the plain weight
-    head, rows = pack_head(tied, embeddings)
-    assert head is tied and rows is not None
-    assert torch.allclose(rows(x), tied(x).detach(), rtol=1e-5, atol=1e-5)
+    head = packed(tied)
+    assert isinstance(head, PackedLinear) and not list(head.parameters())
+    assert torch.allclose(head(x), tied(x).detach(), rtol=1e-5, atol=1e-5)
+    assert embeddings(torch.tensor([3]))[0].equal(tied.weight[3])  # the embeddings still work
 
     half = nn.Linear(16, 50).to(torch.bfloat16)
-    assert pack_head(half, embeddings) == (half, None)
+    assert packed(half) is half
