@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         rounds_in_flight=args.rounds_in_flight,
         stream_after_send=stream_after_send(args),
         head_graphs=args.head_graphs,
+        compute_turns=args.compute_turns,
     )
 
     def ready(url: str) -> None:
@@ -62,6 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-queued", type=int, default=64, help="requests waiting at most")
     parser.add_argument("--device", default="cpu", help="where the head runs (cpu, cuda)")
     add_head_graphs(parser)
+    parser.add_argument(
+        "--compute-turns",
+        metavar="FILE",
+        help="a file that every process computing on this machine's CPU cores names (give the "
+        "peers on this machine the same): head passes and their compute take turns",
+    )
     parser.add_argument(
         "--round-window-ms",
         type=float,

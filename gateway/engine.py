@@ -27,6 +27,7 @@ from gateway.sampling import SampledToken, Sampler, SamplingParams
 from gateway.stops import StopMatcher
 from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
 from swarm import trace
+from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.head import Head
 from swarm.models import Weights
 from swarm.p2p import P2PNode
@@ -154,6 +155,7 @@ class Engine:
         rounds_in_flight: int | None = None,
         push: bool = False,
         stream_after_send: bool = False,
+        turns: ComputeTurns = NO_TURNS,
     ) -> None:
         self.node = node
         self.push = push  # decode steps pushed peer to peer (swarm.session)
@@ -181,6 +183,7 @@ class Engine:
             1, thread_name_prefix="head", initializer=compute_thread
         )
         self._head_batchers: dict[str, HeadBatcher] = {}
+        self.turns = turns  # with the peers on these cores, head passes take turns
         # one stream per peer, shared by every session; a round waits up to `round_window`
         # for the steps of the other generations decoding through that peer; a lane where the
         # peer offers one (swarm.lanes), else a libp2p stream; with `round_groups` > 1 the
@@ -259,14 +262,23 @@ class Engine:
                 self.channels.whereabouts.passed(seconds)  # rounds wait that long for sessions
 
             batcher = HeadBatcher(
-                model.head.logits, self._head_pool, observe, picker=model.head.graphs
+                model.head.logits,
+                self._head_pool,
+                observe,
+                picker=model.head.graphs,
+                turns=self.turns,
             )
             self._head_batchers[model.name] = batcher
         return batcher
 
     async def _run_head(self, fn: object, *args: object) -> torch.Tensor:
         loop = asyncio.get_running_loop()
-        result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
+        result: torch.Tensor = await loop.run_in_executor(
+            self._head_pool,
+            self.turns.run,  # type: ignore[arg-type]
+            fn,
+            *args,
+        )
         return result
 
     async def _embed(self, model: ServedModel, ids: torch.Tensor) -> torch.Tensor:

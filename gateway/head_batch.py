@@ -22,6 +22,7 @@ import torch
 
 from gateway.sampling import argmax_rows
 from swarm import trace
+from swarm.compute_turns import NO_TURNS, ComputeTurns
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,8 +49,10 @@ class HeadBatcher:
         executor: concurrent.futures.Executor,
         observe: Callable[[float], None] | None = None,
         picker: GreedyPicker | None = None,
+        turns: ComputeTurns = NO_TURNS,
     ) -> None:
         self._logits = logits
+        self._turns = turns  # passes take turns with other processes on these cores
         # all-greedy passes that fit it: their picks straight from the hidden states (the
         # head's CUDA graphs), no logits computed for them
         self._picker = picker
@@ -141,7 +144,9 @@ class HeadBatcher:
                 if not batch:
                     continue
                 try:
-                    outs, seconds = await loop.run_in_executor(self._executor, self._pass, batch)
+                    outs, seconds = await loop.run_in_executor(
+                        self._executor, self._turns.run, self._pass, batch
+                    )
                 except Exception as error:
                     for waiting in batch:
                         if not waiting.future.done():

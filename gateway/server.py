@@ -23,6 +23,7 @@ from gateway.engine import Engine, ServedModel
 from gateway.keys import KeyGuard
 from gateway.store import MemoryStore, RedisStore, SessionStore
 from swarm import trace
+from swarm.compute_turns import ComputeTurns
 from swarm.head import Head
 from swarm.models import load_weights
 from swarm.models.registry import find_entry
@@ -57,6 +58,9 @@ class GatewayConfig:
     push: bool = False  # peers push each hop's output straight to the next hop
     stream_after_send: bool = False  # deltas written once the next step left (see Engine)
     head_graphs: bool = True  # on a GPU, greedy head passes replay CUDA graphs
+    # a file shared by the processes that compute on this machine's CPU cores: the head
+    # passes take turns with them (swarm.compute_turns; `swarmgate up` passes its own)
+    compute_turns: str | None = None
 
 
 def load_served_model(name: str, device: str = "cpu", head_graphs: bool = True) -> ServedModel:
@@ -108,6 +112,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         rounds_in_flight=config.rounds_in_flight,
         push=config.push,
         stream_after_send=config.stream_after_send,
+        turns=ComputeTurns(config.compute_turns),
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")
     guard = KeyGuard(static_keys=list(config.api_keys), redis_url=config.redis_url)

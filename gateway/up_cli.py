@@ -91,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     extra += [] if args.compile else ["--no-compile"]
     extra += [] if args.pack else ["--no-pack"]
     extra += ["--compute", args.compute]
+    # the peers and the head share this machine's cores: on a CPU they compute in turns
+    turns = str(workdir / "compute.turns") if args.compute_turns and args.device == "cpu" else None
+    extra += ["--compute-turns", turns] if turns else []
     try:
         bootstrap: str | None = None
         print(
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             stream_after_send=stream_after_send(args),
             rounds_in_flight=args.rounds_in_flight,
             head_graphs=args.head_graphs,
+            compute_turns=turns,
         )
 
         def announce(url: str) -> None:
@@ -201,6 +205,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="on a CPU in float32, the peers keep a Llama-family span's weights in PyTorch's "
         "layout (MKL) instead of oneDNN's packed one",
+    )
+    parser.add_argument(
+        "--no-compute-turns",
+        dest="compute_turns",
+        action="store_false",
+        help="on a CPU, let the peers and the head compute at the same time on the machine's "
+        "cores (default: one at a time, see swarm/compute_turns.py)",
     )
     add_compute_flag(parser)
     parser.add_argument("--log-level", default=None)

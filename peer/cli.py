@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         lane_port=args.lane_port,
         compile=args.compile,
         pack=args.pack,
+        compute_turns=args.compute_turns,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
     )
     inline = compute_mode(args.compute, args.device) == "inline"
@@ -146,6 +147,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="on a CPU in float32, keep a Llama-family span's weights in PyTorch's layout (MKL) "
         "instead of oneDNN's packed one",
+    )
+    parser.add_argument(
+        "--compute-turns",
+        metavar="FILE",
+        help="a file that every process computing on this machine's CPU cores names: they "
+        "compute one at a time instead of all at once (swarmgate up passes one to its peers "
+        "and gateway)",
     )
     parser.add_argument(
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"

@@ -21,6 +21,7 @@ import torch
 from peer.sessions import Session
 from swarm import trace
 from swarm.blocks import Span
+from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.threads import compute_thread
 
 
@@ -75,8 +76,10 @@ class StepScheduler:
         executor: concurrent.futures.Executor | None = None,
         window: float = 0.0,
         active: Callable[[], int] | None = None,
+        turns: ComputeTurns = NO_TURNS,
     ) -> None:
         self.span = span
+        self.turns = turns  # other processes on these cores compute in their own turns
         self.max_batch = max_batch
         self.window = window  # seconds to wait for the steps of other decoding sessions
         self.active = active  # how many sessions are decoding now
@@ -242,7 +245,9 @@ class StepScheduler:
             if not items:
                 continue
             self._computing = items
-            results = await loop.run_in_executor(self._executor, self._compute, items)
+            results = await loop.run_in_executor(
+                self._executor, self.turns.run, self._compute, items
+            )
             self._computing = []
             for item, result in zip(items, results, strict=True):
                 if not item.future.done():

@@ -36,6 +36,7 @@ from peer.sessions import SessionTable
 from peer.throughput import measure_throughput
 from swarm.announce import Announcer
 from swarm.blocks import Span
+from swarm.compute_turns import ComputeTurns
 from swarm.lanes import LANE_PROTOCOL, LaneServer, LaneStream, listen_host
 from swarm.main_thread import InlineExecutor
 from swarm.models import Weights, load_weights
@@ -86,6 +87,9 @@ class PeerConfig:
     lane_port: int = 0  # on the libp2p listen address's host (0: a free port)
     compile: bool = True  # on CUDA: compile the layers' parts around attention (Triton)
     pack: bool = True  # on a CPU in fp32: linears in oneDNN's packed layout (swarm.cpu_linear)
+    # a file shared by the processes that compute on this machine's cores: they take turns
+    # (swarm.compute_turns; `swarmgate up` passes its own); None: the cores are ours
+    compute_turns: str | None = None
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -118,6 +122,7 @@ class PeerServer:
         self.config = config
         # where model compute runs (the process's main thread under `swarmgate peer`)
         self.compute = compute
+        self.turns = ComputeTurns(config.compute_turns)
         self.device = torch.device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.weights: Weights | None = None
@@ -307,6 +312,7 @@ class PeerServer:
             if config.batch_window is not None
             else (0.002 if self.device.type == "cuda" else 0.008),
             active=sessions.decoding,
+            turns=self.turns,
         )
         scheduler.stats.observe = self.metrics.observe if self.metrics is not None else None
         scheduler.start()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import subprocess
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -243,3 +247,46 @@ def test_health_ready_and_swarm(base_url: str) -> None:
     (model,) = swarm["models"]
     assert model["complete"] and model["num_blocks"] == 30
     assert sorted((p["start"], p["end"]) for p in model["peers"]) == [(0, 15), (15, 30)]
+
+
+def _peer_command_lines(up: Proc) -> list[list[str]]:
+    """The command lines of the peers `up` started (its child processes)."""
+    lines = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == up.popen.pid:
+                lines.append((stat.parent / "cmdline").read_bytes().decode().split("\0"))
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return [line for line in lines if "peer" in line]
+
+
+def test_cpu_peers_and_head_take_compute_turns(up: Proc, client: openai.OpenAI) -> None:
+    peers = _peer_command_lines(up)
+    assert len(peers) == 2
+    files = {line[line.index("--compute-turns") + 1] for line in peers}
+    assert len(files) == 1  # one file for the whole machine
+    path = Path(files.pop())
+    # while this test holds the machine's turn, nothing computes, so no reply comes back
+    fd = os.open(path, os.O_RDWR)
+    replies: list[str] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        asking = threading.Thread(
+            target=lambda: replies.append(
+                client.chat.completions.create(
+                    model="smollm2-135m-instruct", messages=QUESTION, temperature=0, max_tokens=8
+                )
+                .choices[0]
+                .message.content
+                or ""
+            )
+        )
+        asking.start()
+        asking.join(3)
+        assert asking.is_alive() and not replies
+    finally:
+        os.close(fd)  # gives the turn back
+    asking.join(120)
+    assert replies and "Paris" in replies[0]

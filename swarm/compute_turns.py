@@ -1,0 +1,81 @@
+"""Compute turns: the processes that share one machine's CPU cores compute one at a time.
+
+`swarmgate up` runs its peers and the gateway's head on one machine, and each of them computes
+with all of the machine's cores (one OpenMP team per process). Two that compute at once
+oversubscribe the cores, and libgomp's spinning workers then slow both down far more than
+taking turns would. Measured on the 2-core CPU VM, 8 streams of SmolLM2 through 2 peers: a
+peer's compute per round was 20.7 ms p50 but 39.3 ms mean, with rounds that overlapped the
+other peer's compute taking up to 420 ms; with turns 23.6 ms p50 and 27.7 ms mean, and the
+aggregate went from 63.5 and 69.0 tok/s to 94.4 and 82.2 tok/s (runs alternated).
+
+A turn is an exclusive `flock` on a file that every process of the machine opens (`up` makes
+one in its work folder and passes it to its peers and its gateway). The kernel hands the lock
+to one waiter at a time and frees it when its holder's file closes, so a crashed process never
+blocks the others. Inside a process a thread lock comes first, since `flock` locks belong to
+the open file, which the process's threads share.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ComputeTurns:
+    """`with turns:` computes in this process's turn; without a path, at once (no turns)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.path is None:
+            return
+        try:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`fn(*args, **kwargs)` in this process's turn (what executors are handed)."""
+        with self:
+            return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+NO_TURNS = ComputeTurns()  # computes at once: a machine of its own

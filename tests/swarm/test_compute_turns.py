@@ -1,0 +1,137 @@
+"""Compute turns (`swarm.compute_turns`): one process and one thread computes at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from swarm.compute_turns import NO_TURNS, ComputeTurns
+
+HOLDER = """
+import sys
+from swarm.compute_turns import ComputeTurns
+turns = ComputeTurns(sys.argv[1])
+with turns:
+    print("HELD", flush=True)
+    sys.stdin.readline()  # hold the turn until told (or killed)
+print("RELEASED", flush=True)
+sys.stdin.readline()
+"""
+
+
+def turn_is_free(path: Path) -> bool:
+    """Whether nobody holds the turn now (probed on a file description of our own)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the probe's lock too
+    return True
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    path = tmp_path / "compute.turns"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "HELD\n"
+    try:
+        yield proc, path
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_another_process_waits_for_the_turn(
+    holder: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, path = holder
+    assert proc.stdin is not None and proc.stdout is not None
+    assert not turn_is_free(path)
+    turns = ComputeTurns(path)
+    took = threading.Event()
+
+    def compute() -> None:
+        with turns:
+            took.set()
+
+    waiter = threading.Thread(target=compute)
+    waiter.start()
+    assert not took.wait(0.5)  # the other process still holds it
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "RELEASED\n"
+    waiter.join(30)
+    assert took.is_set()
+    assert turn_is_free(path)  # handed back after the computation
+    turns.close()
+
+
+def test_a_killed_holder_frees_the_turn(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    assert not turn_is_free(path)
+    proc.kill()
+    proc.wait(10)
+    turns = ComputeTurns(path)
+    assert turns.run(lambda: 42) == 42
+    turns.close()
+
+
+def test_threads_of_one_process_take_turns_too(tmp_path: Path) -> None:
+    turns = ComputeTurns(tmp_path / "compute.turns")
+    inside, most = 0, 0
+    guard = threading.Lock()
+
+    def compute() -> None:
+        nonlocal inside, most
+        for _ in range(200):
+            with turns:
+                with guard:
+                    inside += 1
+                    most = max(most, inside)
+                sum(range(200))  # some work while holding the turn
+                with guard:
+                    inside -= 1
+
+    threads = [threading.Thread(target=compute) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert most == 1
+    turns.close()
+
+
+def test_a_failing_computation_gives_the_turn_back(tmp_path: Path) -> None:
+    path = tmp_path / "compute.turns"
+    turns = ComputeTurns(path)
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        turns.run(fail)
+    assert turn_is_free(path)
+    assert turns.run(lambda x, y: x + y, 2, y=3) == 5
+    turns.close()
+
+
+def test_no_turns_computes_at_once() -> None:
+    assert not NO_TURNS.enabled
+    assert NO_TURNS.run(lambda: "now") == "now"
+    with NO_TURNS, NO_TURNS:  # no lock to hold: nesting cannot deadlock
+        pass
