@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -247,10 +248,10 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
         asyncio.run(many_streams(base_url, args.streams, args.tokens))  # warm up, as above
         before = counters(gateway_url, peer_urls)
         cpu_before = process_cpu(proc.popen.pid)
-        runs = [
-            asyncio.run(many_streams(base_url, args.streams, args.tokens))
-            for _ in range(args.concurrent_runs)
-        ]
+        runs = []
+        for _ in range(args.concurrent_runs):
+            runs.append(asyncio.run(many_streams(base_url, args.streams, args.tokens)))
+            print(f"{args.streams} streams: {runs[-1]['tok_s']:.1f} tok/s", flush=True)
         cpu_after = process_cpu(proc.popen.pid)
         # the run of median throughput, with every run's figure beside it (the 32-stream
         # figure was bimodal from run to run in session 10)
@@ -273,7 +274,12 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
     return result
 
 
+def _stop_on_sigterm(*_: object) -> None:
+    raise SystemExit(143)  # a `timeout` ends the run: stop the swarm (the `finally`s) first
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=32)
