@@ -5,13 +5,14 @@ p50/p99 through `swarmgate up` (2 and 3 peers, OpenAI SDK streaming, greedy), ag
 model's `generate` in this process with the same number of threads (the baseline, measured in
 the same run). Prints a table; writes JSON to bench-out/decode.json.
 
-    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups relay push libp2p mkl]
+    python bench/decode.py [--peers 2 3] [--tokens 64] [--setups relay push libp2p mkl no-turns]
 
 `--setups` runs each swarm once per way its hops talk: `relay` (the default: lanes, TCP + Noise
 beside libp2p, swarm/lanes.py, every output back through the gateway), `push` (`--push`: each
 peer sends its output straight to the next) and `libp2p` (`--no-lanes`: py-libp2p streams, as
 in session 4); `mkl` (`--no-pack`) runs the CPU peers' linears through MKL instead of
-oneDNN's packed kernels.
+oneDNN's packed kernels; `no-turns` (`--no-compute-turns`) lets the peers and the head
+compute at the same time instead of in turns (swarm/compute_turns.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SETUPS = {  # extra `up` flags of each setup
     "relay": [],
     "push": ["--push"],
     "libp2p": ["--no-lanes"],
+    "no-turns": ["--no-compute-turns"],  # peers and head compute at once (until session 13)
     "mkl": ["--no-pack"],  # CPU peers' linears through MKL, as before session 12
 }
 
