@@ -333,6 +333,11 @@ def main() -> None:
             f"{swarm['overhead']['overhead_p50_ms']:.2f} ms, not model compute (minus the "
             f"gateway's head passes too) {swarm['overhead']['beyond_model_p50_ms']:.2f} ms"
         )
+        print(
+            f"{setup}: streamed TTFT {swarm['overhead']['ttft_p50_ms']:.2f} ms p50, overhead on "
+            f"it {swarm['overhead']['ttft_overhead_p50_ms']:.2f} ms, not model compute "
+            f"{swarm['overhead']['ttft_beyond_model_p50_ms']:.2f} ms"
+        )
         runs = ", ".join(f"{v:.1f}" for v in swarm["concurrent"]["runs_tok_s"])
         print(f"{setup}: {args.streams}-stream runs (tok/s): {runs}")
         cpu = swarm["concurrent"]["cpu_us_per_token"]

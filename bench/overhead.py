@@ -6,7 +6,16 @@ minus the growth of the peers' `swarmgate_peer_step_seconds_sum` (their compute,
 `--peer-metrics` endpoints before and after), is what the gateway, the network and the head add
 to the time to first token. Subtracting also the gateway's LM-head passes (its
 `swarmgate_head_pass_seconds_sum`, from `gateway_url`) leaves what is not model compute at all:
-Python, the wire and waits. Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
+Python, the wire and waits.
+
+The target is the overhead on the time to first token, so each round also streams a request of
+`max_tokens=1` and takes its time to the first content chunk (the close of the session and the
+end of the response come after it): that, minus the same two counters' growth (the request's
+prefill and its one head pass; no decode step follows), is the overhead on TTFT. Both are seen
+from the OpenAI SDK, so they include the client's own cost (building the request, parsing the
+chunk: ~2-4 ms per request on the 2-core CPU VM, against bare httpx).
+
+Shared by bench/decode.py (CPU) and bench/gpu.py (H200).
 """
 
 from __future__ import annotations
@@ -44,8 +53,29 @@ def overhead(
     """Client latency of a one-prefill request minus the peers' compute for it, and minus
     the gateway's head passes too."""
     values, latencies, beyond_model = [], [], []
+    ttfts, ttft_values, ttft_beyond = [], [], []
     head_urls = [f"{gateway_url}/metrics"]
     for _ in range(rounds):
+        before = peer_compute_seconds(peer_urls)
+        head_before = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum")
+        started = time.perf_counter()
+        ttft = None
+        stream = client.chat.completions.create(
+            model=model,
+            messages=prompt,  # type: ignore[arg-type]
+            max_tokens=1,
+            temperature=0,
+            stream=True,
+        )
+        for chunk in stream:
+            if ttft is None and chunk.choices and chunk.choices[0].delta.content is not None:
+                ttft = time.perf_counter() - started
+        assert ttft is not None, "the stream had no content chunk"
+        compute = peer_compute_seconds(peer_urls) - before
+        head = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum") - head_before
+        ttfts.append(ttft * 1e3)
+        ttft_values.append((ttft - compute) * 1e3)
+        ttft_beyond.append((ttft - compute - head) * 1e3)
         before = peer_compute_seconds(peer_urls)
         head_before = metric_sum(head_urls, "swarmgate_head_pass_seconds_sum")
         started = time.perf_counter()
@@ -66,4 +96,7 @@ def overhead(
         "latency_p50_ms": statistics.median(latencies),
         "overhead_p50_ms": statistics.median(values),
         "beyond_model_p50_ms": statistics.median(beyond_model),
+        "ttft_p50_ms": statistics.median(ttfts),
+        "ttft_overhead_p50_ms": statistics.median(ttft_values),
+        "ttft_beyond_model_p50_ms": statistics.median(ttft_beyond),
     }
