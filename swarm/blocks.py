@@ -294,6 +294,68 @@ class Span:
         result = self._forward_many_padded(hidden, caches)  # type: ignore[arg-type]
         return result.to("cpu") if to_host else result
 
+    @property
+    def mixes_steps(self) -> bool:
+        """Whether `forward_ragged` runs here: paged layers without decode graphs (the CPU)."""
+        return self.pool is not None and not self.use_graphs
+
+    @torch.inference_mode()
+    def forward_ragged(
+        self, steps: list[tuple[torch.Tensor, Cache, int | None]], to_host: bool = False
+    ) -> list[torch.Tensor]:
+        """Steps `(hidden[1, n, h], cache, position)` of different sessions of batch 1, of any
+        `n`, as one forward: their decode steps (one new position at the end of a non-empty
+        cache) as one group of rows, every other step (a prefill, a resumed turn) as a group of
+        its own. The linears run once over all of their tokens, attention per group, so a
+        prefill that arrives among decoding sessions costs no forward of its own. Each step's
+        output, in order (`to_host`: see `forward`). Paged spans without decode graphs only
+        (`mixes_steps`)."""
+        if not self.mixes_steps:
+            raise ValueError("forward_ragged needs a paged span without decode graphs")
+        assert self.pool is not None
+        if len({id(cache) for _, cache, _ in steps}) != len(steps):
+            raise ValueError("forward_ragged takes one step per session")
+        placed = []
+        for hidden, cache, position in steps:
+            if hidden.shape[0] != 1:
+                raise ValueError("forward_ragged takes sessions of batch 1")
+            placed.append(self._check(hidden, cache, position))
+        decode = [
+            i
+            for i, ((hidden, cache, _), at) in enumerate(zip(steps, placed, strict=True))
+            if hidden.shape[1] == 1 and at == cache.length > 0
+        ]
+        groups = [decode] if decode else []
+        groups += [[i] for i in range(len(steps)) if i not in set(decode)]
+        self.pool.begin_step()
+        tables, shapes, positions = [], [], []
+        paged = cast(list[PagedCache], [cache for _, cache, _ in steps])
+        for group in groups:
+            n = steps[group[0]][0].shape[1]
+            for i in group:
+                paged[i].rollback(placed[i])
+                paged[i].prepare(1, placed[i] + n)
+                positions.append(torch.arange(placed[i], placed[i] + n))
+            pages = self.pool.pages_for(max(placed[i] for i in group) + n)
+            tables.append(page_tables([paged[i] for i in group], pages).to(self.device))
+            shapes.append((len(group), n))
+        order = [i for group in groups for i in group]
+        x = torch.cat([steps[i][0][0] for i in order]).unsqueeze(0)
+        x = x.to(device=self.device, dtype=self.dtype)
+        where = torch.cat(positions).unsqueeze(0).to(self.device)
+        module = cast(llama_span.LlamaSpanModule, self.module)
+        out = module.forward_mixed(x, where, tables, shapes, self.pool)[0]
+        if to_host:
+            out = out.to("cpu")
+        outputs: list[torch.Tensor] = [out] * len(steps)  # each replaced by its own rows
+        first = 0
+        for i in order:
+            n = steps[i][0].shape[1]
+            outputs[i] = out[first : first + n].unsqueeze(0)
+            paged[i].advance(placed[i] + n)
+            first += n
+        return outputs
+
     def _forward_many_padded(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
         lengths = [cache.length for cache in caches]
         longest = max(lengths)

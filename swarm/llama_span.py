@@ -11,6 +11,7 @@ pages per row), so a decode step can be captured once as a CUDA graph and replay
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,60 @@ class LlamaBlock(nn.Module):
         )
         return self.output_and_mlp(self, x, out)
 
+    def forward_mixed(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        write_pages: torch.Tensor,
+        write_offsets: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        """`x[1, tokens, hidden]`: the tokens of every segment in a row, so each linear reads
+        its weights once for all of them; attention runs per segment (`_mixed_attention`)."""
+        q, k, v = self.attention_inputs(self, x, cos, sin)
+        keys[write_pages, write_offsets] = k
+        values[write_pages, write_offsets] = v
+        return self.output_and_mlp(self, x, _mixed_attention(self, q, keys, values, segments))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Tokens [first, first + rows * n) of a mixed step (`LlamaSpanModule.forward_mixed`):
+    `rows` sessions of `n` new positions each (decode rows: n = 1; a prefill: one row), whose
+    page tables, flattened, are `read_pages` (`[rows * pages]`), with the causal `mask`
+    (`[rows, 1, n, pages * page_size]`) over them."""
+
+    first: int
+    rows: int
+    n: int
+    read_pages: torch.Tensor
+    mask: torch.Tensor
+
+
+def _mixed_attention(
+    block: LlamaBlock,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    segments: list[Segment],
+) -> torch.Tensor:
+    """Attention of the queries `q[1, heads, tokens, d]` of every segment over its own pages."""
+    heads, kv_heads, head_dim = block.heads, block.kv_heads, block.head_dim
+    outs = []
+    for seg in segments:
+        part = q[0, :, seg.first : seg.first + seg.rows * seg.n]  # [heads, rows * n, d]
+        part = part.reshape(heads, seg.rows, seg.n, head_dim).transpose(0, 1)  # [rows, heads, n, d]
+        past_k = keys[seg.read_pages].view(seg.rows, -1, kv_heads, head_dim).transpose(1, 2)
+        past_v = values[seg.read_pages].view(seg.rows, -1, kv_heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            part, past_k, past_v, attn_mask=seg.mask, scale=block.scaling, enable_gqa=True
+        )
+        outs.append(out.transpose(0, 1).reshape(heads, seg.rows * seg.n, head_dim))
+    return torch.cat(outs, dim=1).unsqueeze(0)  # [1, heads, tokens, d]
+
 
 def _attention_inputs(
     block: LlamaBlock, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -222,5 +277,39 @@ class LlamaSpanModule(nn.Module):
                 write_offsets,
                 read_pages,
                 mask,
+            )
+        return x
+
+    def forward_mixed(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        tables: list[torch.Tensor],
+        shapes: list[tuple[int, int]],
+        pool: PagePool,
+    ) -> torch.Tensor:
+        """Several groups of rows in one pass: `x[1, tokens, h]` at `positions[1, tokens]`,
+        where group g holds `shapes[g] = (rows, n)` (rows of n new positions each, in order)
+        and `tables[g][rows, pages]` are its rows' pages. Typically one group of decode rows
+        (n = 1) and a prefill or two (one row each): the linears then run over all of their
+        tokens at once instead of once per group. All tensors on the span's device."""
+        page_size = pool.page_size
+        cos = self.cos_table[positions].unsqueeze(2)  # [1, tokens, 1, d]
+        sin = self.sin_table[positions].unsqueeze(2)
+        segments, write_pages = [], []
+        first = 0
+        for table, (rows, n) in zip(tables, shapes, strict=True):
+            pos = positions[0, first : first + rows * n].view(rows, n)
+            write_pages.append(table.gather(1, pos // page_size).reshape(-1))
+            keys_at = torch.arange(table.shape[1] * page_size, device=x.device)
+            mask = (keys_at[None, None, :] <= pos[:, :, None]).unsqueeze(1)
+            segments.append(Segment(first, rows, n, table.reshape(-1), mask))
+            first += rows * n
+        pages = torch.cat(write_pages).unsqueeze(0)  # [1, tokens]
+        offsets = positions % page_size
+        for index, layer in enumerate(self.layers):
+            assert isinstance(layer, LlamaBlock)
+            x = layer.forward_mixed(
+                x, cos, sin, pool.keys[index], pool.values[index], pages, offsets, segments
             )
         return x

@@ -156,3 +156,53 @@ def test_only_fp32_cpu_paged_unquantized_spans_pack(smollm2: Weights) -> None:
     quantized = Span(smollm2, 0, 1)
     quantized.quant = "int8"
     assert not quantized.pack_linears()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_ragged_step_equals_each_session_alone(smollm2: Weights, pack: bool) -> None:
+    """Decode rows, a fresh prefill, a resumed turn and a rolled-back one in one forward."""
+    span = Span(smollm2, 0, 4)
+    if pack and not span.pack_linears():
+        pytest.skip("no oneDNN packed kernels in this torch")
+    reference = Span(smollm2, 0, 4, paged=False)
+    assert span.mixes_steps
+    size = span.hidden_size
+    prompts = [_hidden(n, seed, size) for seed, n in enumerate((3, 40, 70, 17))]
+    ours = [span.new_cache() for _ in prompts]
+    theirs = [reference.new_cache() for _ in prompts]
+    for prompt, mine, other in zip(prompts, ours, theirs, strict=True):
+        span.forward(prompt, mine)
+        reference.forward(prompt, other)
+    fresh, fresh_reference = span.new_cache(), reference.new_cache()
+    steps = [
+        (_hidden(1, 60, size), ours[0], None),  # decode rows
+        (_hidden(37, 61, size), fresh, None),  # a new session's prefill
+        (_hidden(1, 62, size), ours[1], 40),  # a decode row given its position
+        (_hidden(5, 63, size), ours[2], None),  # a resumed turn of 5 tokens
+        (_hidden(3, 64, size), ours[3], 10),  # a turn that rolls the cache back first
+    ]
+    got = span.forward_ragged(steps, to_host=True)
+    expected_caches = [theirs[0], fresh_reference, theirs[1], theirs[2], theirs[3]]
+    for (hidden, _, position), cache, out in zip(steps, expected_caches, got, strict=True):
+        assert out.shape == hidden.shape
+        assert _close(out, reference.forward(hidden, cache, position))
+    assert [c.length for c in (ours[0], fresh, ours[1], ours[2], ours[3])] == [4, 37, 41, 75, 13]
+    # the keys and values it wrote are the right ones: the next batched decode agrees too
+    caches = [ours[0], fresh, ours[1], ours[2], ours[3]]
+    hidden = torch.cat([_hidden(1, 70 + i, size) for i in range(len(caches))])
+    decoded = span.forward_many(hidden, caches)
+    for row, cache in enumerate(expected_caches):
+        assert _close(decoded[row : row + 1], reference.forward(hidden[row : row + 1], cache))
+
+
+def test_ragged_step_refuses_what_it_cannot_mix(smollm2: Weights) -> None:
+    span = Span(smollm2, 0, 1)
+    size = span.hidden_size
+    cache = span.new_cache()
+    with pytest.raises(ValueError, match="one step per session"):
+        span.forward_ragged([(_hidden(2, 0, size), cache, None), (_hidden(1, 1, size), cache, 2)])
+    with pytest.raises(ValueError, match="batch 1"):
+        span.forward_ragged([(torch.zeros(2, 3, size), span.new_cache(), None)])
+    with pytest.raises(ValueError, match="past the cache length"):
+        span.forward_ragged([(_hidden(1, 2, size), span.new_cache(), 4)])
+    assert not Span(smollm2, 0, 1, paged=False).mixes_steps

@@ -83,3 +83,39 @@ def test_stopping_fails_a_group_being_computed_and_one_still_queued() -> None:
 
     for group in asyncio.run(main()):
         assert all(isinstance(out, RuntimeError) for out in group), group
+
+
+def test_prefills_among_decode_steps_join_their_forward_and_bad_ones_fail_alone() -> None:
+    span = tiny_span()
+    assert span.mixes_steps  # paged, no decode graphs: the CPU
+    g = torch.Generator().manual_seed(9)
+    prompt = torch.randn(1, 6, span.hidden_size, generator=g)
+    late = torch.randn(1, 4, span.hidden_size, generator=g)  # a step placed past its cache
+    alone = []
+    for i, n in enumerate((3, 5)):
+        session, x = prefilled(span, f"s{i}", n, seed=i)
+        alone.append(span.forward(x, session.cache, n))
+    alone.append(span.forward(prompt, span.new_cache(), 0))
+
+    async def main(bad: bool) -> tuple[list[torch.Tensor | BaseException], StepScheduler]:
+        scheduler = StepScheduler(span)
+        scheduler.start()
+        try:
+            steps = [(*prefilled(span, f"s{i}", n, seed=i), n) for i, n in enumerate((3, 5))]
+            steps.append((Session("new", span.new_cache(), 64, 1), prompt, 0))
+            if bad:
+                steps.append((Session("bad", span.new_cache(), 64, 1), late, 2))
+            return await scheduler.step_group(steps), scheduler  # type: ignore[arg-type]
+        finally:
+            await scheduler.stop()
+
+    outs, scheduler = asyncio.run(main(bad=False))
+    assert scheduler.stats.batch_sizes == {3: 1}  # two decode rows and a prefill, one forward
+    for out, want in zip(outs, alone, strict=True):
+        assert isinstance(out, torch.Tensor) and out.shape == want.shape
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    outs, scheduler = asyncio.run(main(bad=True))
+    assert isinstance(outs[3], ValueError)  # its own error; the others computed all the same
+    for out, want in zip(outs[:3], alone, strict=True):
+        assert isinstance(out, torch.Tensor)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
