@@ -68,7 +68,7 @@ def overhead(
             stream=True,
         )
         for chunk in stream:
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content is not None:
+            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
                 ttft = time.perf_counter() - started
         assert ttft is not None, "the stream had no content chunk"
         compute = peer_compute_seconds(peer_urls) - before

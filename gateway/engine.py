@@ -273,12 +273,11 @@ class Engine:
 
     async def _run_head(self, fn: object, *args: object) -> torch.Tensor:
         loop = asyncio.get_running_loop()
-        result: torch.Tensor = await loop.run_in_executor(
-            self._head_pool,
-            self.turns.run,  # type: ignore[arg-type]
-            fn,
-            *args,
-        )
+        await self.turns.take()  # waited for off the loop and off the head's one thread
+        try:
+            result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
+        finally:
+            self.turns.release()
         return result
 
     async def _embed(self, model: ServedModel, ids: torch.Tensor) -> torch.Tensor:

@@ -139,19 +139,25 @@ class HeadBatcher:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
-                batch = [w for w in batch if not w.future.done()]  # cancelled waiters
-                if not batch:
-                    continue
+                # the machine's turn first (waited for off the loop), then the rows: those
+                # that arrive while another process computes join this pass
+                await self._turns.take()
                 try:
-                    outs, seconds = await loop.run_in_executor(
-                        self._executor, self._turns.run, self._pass, batch
-                    )
-                except Exception as error:
-                    for waiting in batch:
-                        if not waiting.future.done():
-                            waiting.future.set_exception(error)
-                    continue
+                    batch, self._pending = self._pending, []
+                    batch = [w for w in batch if not w.future.done()]  # cancelled waiters
+                    if not batch:
+                        continue
+                    try:
+                        outs, seconds = await loop.run_in_executor(
+                            self._executor, self._pass, batch
+                        )
+                    except Exception as error:
+                        for waiting in batch:
+                            if not waiting.future.done():
+                                waiting.future.set_exception(error)
+                        continue
+                finally:
+                    self._turns.release()
                 if self._observe is not None:
                     self._observe(seconds)
                 self.passes += 1

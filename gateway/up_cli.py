@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     extra += ["--compute", args.compute]
     # the peers and the head share this machine's cores: on a CPU they compute in turns
     turns = str(workdir / "compute.turns") if args.compute_turns and args.device == "cpu" else None
-    extra += ["--compute-turns", turns] if turns else []
+    if turns:
+        Path(turns).touch()  # one file, made before any process opens it
+        extra += ["--compute-turns", turns]
     try:
         bootstrap: str | None = None
         print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from swarm import trace
 from swarm.blocks import Span
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.threads import compute_thread
+
+log = logging.getLogger("swarmgate.scheduler")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class _Step:
 class SchedulerStats:
     steps: int = 0
     forwards: int = 0
+    ragged_fallbacks: int = 0  # mixed forwards that failed (their steps then ran one by one)
     batch_sizes: Counter[int] = field(default_factory=Counter)
     # called on the compute thread after each forward with (batch size, seconds it took)
     observe: Callable[[int, float], None] | None = None
@@ -245,16 +249,19 @@ class StepScheduler:
     def _ragged(self, items: list[_Step], indices: list[int]) -> dict[int, torch.Tensor]:
         """Decode rows and prefills as one forward (`Span.forward_ragged`); nothing where it
         failed."""
-        steps = [(i.hidden, i.session.cache, i.position) for i in items]  # type: ignore[union-attr]
+        steps = [(s.hidden, s.session.cache, s.position) for s in items]  # type: ignore[union-attr]
         try:
             began = time.perf_counter()
             outputs = self.span.forward_ragged(steps, to_host=True)
         except Exception:
+            self.stats.ragged_fallbacks += 1
+            if self.stats.ragged_fallbacks == 1 or log.isEnabledFor(logging.DEBUG):
+                log.warning("a mixed forward failed; its steps run one by one", exc_info=True)
             return {}
         self.stats.record(len(items), time.perf_counter() - began)
         return {
-            i: out.to(item.hidden.dtype)
-            for i, item, out in zip(indices, items, outputs, strict=True)
+            i: out.to(step.hidden.dtype)
+            for i, step, out in zip(indices, items, outputs, strict=True)
         }
 
     async def _gather_window(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -277,13 +284,17 @@ class StepScheduler:
                 first = await self._queue.get()
                 self._deferred.append(first)
             await self._gather_window(loop)
-            items = self._take_batch()
-            if not items:
-                continue
-            self._computing = items
-            results = await loop.run_in_executor(
-                self._executor, self.turns.run, self._compute, items
-            )
+            # the machine's turn first (waited for off the loop), then the batch: steps that
+            # arrive while another process computes join it
+            await self.turns.take()
+            try:
+                items = self._take_batch()
+                if not items:
+                    continue
+                self._computing = items
+                results = await loop.run_in_executor(self._executor, self._compute, items)
+            finally:
+                self.turns.release()
             self._computing = []
             for item, result in zip(items, results, strict=True):
                 if not item.future.done():

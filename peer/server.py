@@ -286,7 +286,14 @@ class PeerServer:
 
         # built on the compute thread: measured 1.8x slower decode when built on another thread
         span = await self._load_phase(moving, build)
-        throughput = await self._load_phase(moving, measure_throughput, span, weights.model_hash)
+        # timed in the machine's turn: not while the other processes on its cores compute
+        await self.turns.take()
+        try:
+            throughput = await self._load_phase(
+                moving, measure_throughput, span, weights.model_hash
+            )
+        finally:
+            self.turns.release()
         text_config = weights.config
         head_dim = int(
             getattr(text_config, "head_dim", 0)

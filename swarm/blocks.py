@@ -313,6 +313,8 @@ class Span:
         if not self.mixes_steps:
             raise ValueError("forward_ragged needs a paged span without decode graphs")
         assert self.pool is not None
+        if not steps:
+            return []
         if len({id(cache) for _, cache, _ in steps}) != len(steps):
             raise ValueError("forward_ragged takes one step per session")
         placed = []
@@ -325,8 +327,8 @@ class Span:
             for i, ((hidden, cache, _), at) in enumerate(zip(steps, placed, strict=True))
             if hidden.shape[1] == 1 and at == cache.length > 0
         ]
-        groups = [decode] if decode else []
-        groups += [[i] for i in range(len(steps)) if i not in set(decode)]
+        alone = [[i] for i in range(len(steps)) if i not in set(decode)]
+        groups = ([decode] if decode else []) + alone
         self.pool.begin_step()
         tables, shapes, positions = [], [], []
         paged = cast(list[PagedCache], [cache for _, cache, _ in steps])
@@ -347,14 +349,14 @@ class Span:
         out = module.forward_mixed(x, where, tables, shapes, self.pool)[0]
         if to_host:
             out = out.to("cpu")
-        outputs: list[torch.Tensor] = [out] * len(steps)  # each replaced by its own rows
+        outputs: dict[int, torch.Tensor] = {}
         first = 0
         for i in order:
             n = steps[i][0].shape[1]
             outputs[i] = out[first : first + n].unsqueeze(0)
             paged[i].advance(placed[i] + n)
             first += n
-        return outputs
+        return [outputs[i] for i in range(len(steps))]
 
     def _forward_many_padded(self, hidden: torch.Tensor, caches: list[SpanCache]) -> torch.Tensor:
         lengths = [cache.length for cache in caches]

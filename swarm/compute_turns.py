@@ -10,13 +10,15 @@ aggregate went from 63.5 and 69.0 tok/s to 94.4 and 82.2 tok/s (runs alternated)
 
 A turn is an exclusive `flock` on a file that every process of the machine opens (`up` makes
 one in its work folder and passes it to its peers and its gateway). The kernel hands the lock
-to one waiter at a time and frees it when its holder's file closes, so a crashed process never
-blocks the others. Inside a process a thread lock comes first, since `flock` locks belong to
-the open file, which the process's threads share.
+to one waiter at a time, in no fixed order, and frees it when its holder's file closes, so a
+crashed process never blocks the others. Inside a process a thread lock comes first, since
+`flock` locks belong to the open file, which the process's threads share. An event loop waits
+for its turn on a helper thread (`take`), so it keeps answering while another process computes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
@@ -34,23 +36,50 @@ class ComputeTurns:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else os.fspath(path)
         self._thread_lock = threading.Lock()
-        self._fd: int | None = None
+        # opened now, so a bad path fails at start, not at the first computation
+        self._fd = None if self.path is None else os.open(self.path, _FLAGS, 0o600)
 
     @property
     def enabled(self) -> bool:
+        """Whether there is a file to take turns on."""
         return self.path is not None
 
-    def __enter__(self) -> None:
-        if self.path is None:
+    def acquire(self) -> None:
+        """Wait for this process's turn (blocking the calling thread)."""
+        if self._fd is None:
             return
         self._thread_lock.acquire()
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             self._thread_lock.release()
             raise
+
+    def release(self) -> None:
+        """End the turn (from any thread of the process)."""
+        if self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    async def take(self) -> None:
+        """Wait for the turn on a helper thread, so the event loop keeps running meanwhile;
+        `release` ends it. A caller cancelled while waiting gives the turn back as it comes."""
+        if self._fd is None:
+            return
+        waiting = asyncio.get_running_loop().run_in_executor(None, self.acquire)
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            waiting.add_done_callback(
+                lambda done: None if done.cancelled() or done.exception() else self.release()
+            )
+            raise
+
+    def __enter__(self) -> None:
+        self.acquire()
 
     def __exit__(
         self,
@@ -58,24 +87,20 @@ class ComputeTurns:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.path is None:
-            return
-        try:
-            assert self._fd is not None
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
+        self.release()
 
     def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """`fn(*args, **kwargs)` in this process's turn (what executors are handed)."""
+        """`fn(*args, **kwargs)` in this process's turn (blocking the calling thread)."""
         with self:
             return fn(*args, **kwargs)
 
     def close(self) -> None:
+        """Close the file, once no turn of this process is held."""
         with self._thread_lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
 
 
+_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 NO_TURNS = ComputeTurns()  # computes at once: a machine of its own

@@ -249,17 +249,29 @@ def test_health_ready_and_swarm(base_url: str) -> None:
     assert sorted((p["start"], p["end"]) for p in model["peers"]) == [(0, 15), (15, 30)]
 
 
-def _peer_command_lines(up: Proc) -> list[list[str]]:
-    """The command lines of the peers `up` started (its child processes)."""
-    lines = []
+def _children(up: Proc) -> list[int]:
+    """The processes `up` started (its peers)."""
+    pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == up.popen.pid:
-                lines.append((stat.parent / "cmdline").read_bytes().decode().split("\0"))
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == up.popen.pid:
+                pids.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue  # a process that ended meanwhile
+    return pids
+
+
+def _peer_command_lines(up: Proc) -> list[list[str]]:
+    """The command lines of the peers `up` started."""
+    lines = [
+        Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in _children(up)
+    ]
     return [line for line in lines if "peer" in line]
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open."""
+    return any(fd.resolve() == path.resolve() for fd in Path(f"/proc/{pid}/fd").iterdir())
 
 
 def test_cpu_peers_and_head_take_compute_turns(up: Proc, client: openai.OpenAI) -> None:
@@ -268,6 +280,9 @@ def test_cpu_peers_and_head_take_compute_turns(up: Proc, client: openai.OpenAI) 
     files = {line[line.index("--compute-turns") + 1] for line in peers}
     assert len(files) == 1  # one file for the whole machine
     path = Path(files.pop())
+    # the gateway (the `up` process) and both peers opened that file
+    assert _opened(up.popen.pid, path)
+    assert sum(_opened(pid, path) for pid in _children(up)) == 2
     # while this test holds the machine's turn, nothing computes, so no reply comes back
     fd = os.open(path, os.O_RDWR)
     replies: list[str] = []

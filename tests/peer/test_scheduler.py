@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 import torch
 
 from peer.scheduler import StepScheduler
 from peer.sessions import Session
 from swarm.blocks import Span
+from swarm.llama_span import LlamaBlock
 from swarm.models import load_weights
 
 
@@ -119,3 +121,54 @@ def test_prefills_among_decode_steps_join_their_forward_and_bad_ones_fail_alone(
     for out, want in zip(outs[:3], alone, strict=True):
         assert isinstance(out, torch.Tensor)
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mixed_forward_that_fails_midway_falls_back_to_exact_separate_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ragged forward writes some layers' keys, then fails: every step then runs on its
+    own, from caches that say nothing was computed, and the next decode agrees too."""
+    span = tiny_span()
+    g = torch.Generator().manual_seed(11)
+    prompt = torch.randn(1, 9, span.hidden_size, generator=g)
+    after = torch.randn(3, 1, span.hidden_size, generator=g)
+    reference = tiny_span()
+    want, caches = [], []
+    for i, n in enumerate((3, 5)):
+        session, x = prefilled(reference, f"s{i}", n, seed=i)
+        want.append(reference.forward(x, session.cache, n))
+        caches.append(session.cache)
+    caches.append(reference.new_cache())
+    want.append(reference.forward(prompt, caches[2], 0))
+    want_next = reference.forward_many(after, caches)
+    calls = 0
+    real = LlamaBlock.forward_mixed
+
+    def failing(self: LlamaBlock, *args: object) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first layer has written its keys and values by now
+            raise RuntimeError("out of memory, say")
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LlamaBlock, "forward_mixed", failing)
+
+    async def main() -> tuple[list[torch.Tensor | BaseException], StepScheduler, list[Session]]:
+        scheduler = StepScheduler(span)
+        scheduler.start()
+        try:
+            steps = [(*prefilled(span, f"s{i}", n, seed=i), n) for i, n in enumerate((3, 5))]
+            steps.append((Session("new", span.new_cache(), 64, 1), prompt, 0))
+            outs = await scheduler.step_group(steps)  # type: ignore[arg-type]
+            return outs, scheduler, [s for s, _, _ in steps]  # type: ignore[misc]
+        finally:
+            await scheduler.stop()
+
+    outs, scheduler, sessions = asyncio.run(main())
+    assert calls == 2 and scheduler.stats.ragged_fallbacks == 1
+    for out, expected in zip(outs, want, strict=True):
+        assert isinstance(out, torch.Tensor)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(LlamaBlock, "forward_mixed", real)
+    got_next = span.forward_many(after, [s.cache for s in sessions])
+    torch.testing.assert_close(got_next, want_next, rtol=1e-4, atol=1e-5)

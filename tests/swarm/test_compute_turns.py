@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import subprocess
@@ -135,3 +136,60 @@ def test_no_turns_computes_at_once() -> None:
     assert NO_TURNS.run(lambda: "now") == "now"
     with NO_TURNS, NO_TURNS:  # no lock to hold: nesting cannot deadlock
         pass
+
+
+def test_an_event_loop_keeps_running_while_it_waits_for_its_turn(
+    holder: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, path = holder
+    assert proc.stdin is not None and proc.stdout is not None
+    turns = ComputeTurns(path)
+
+    async def main() -> int:
+        ticks = 0
+        waiting = asyncio.create_task(turns.take())
+        while ticks < 20:  # the loop runs while another process holds the turn
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not waiting.done()
+        proc.stdin.write("\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        await asyncio.wait_for(waiting, 30)
+        assert not turn_is_free(path)  # ours now
+        turns.release()
+        return ticks
+
+    assert asyncio.run(main()) == 20
+    assert proc.stdout.readline() == "RELEASED\n"
+    assert turn_is_free(path)
+    turns.close()
+
+
+def test_a_waiter_cancelled_gives_the_turn_back_when_it_comes(
+    holder: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, path = holder
+    assert proc.stdin is not None
+    turns = ComputeTurns(path)
+
+    async def main() -> None:
+        waiting = asyncio.create_task(turns.take())
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        proc.stdin.write("\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        # the cancelled wait's helper thread gets the turn and hands it straight back, so it
+        # can be taken again (without that, this would wait for ever on the thread lock)
+        await asyncio.wait_for(turns.take(), 30)
+        turns.release()
+
+    asyncio.run(main())
+    assert turn_is_free(path)
+    turns.close()
+
+
+def test_a_bad_path_fails_at_once(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        ComputeTurns(tmp_path / "missing" / "compute.turns")
