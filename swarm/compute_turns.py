@@ -55,6 +55,21 @@ class ComputeTurns:
             self._thread_lock.release()
             raise
 
+    def _try_acquire(self) -> bool:
+        """Take the turn if nobody holds it; False at once otherwise."""
+        assert self._fd is not None
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._thread_lock.release()
+            return False
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return True
+
     def release(self) -> None:
         """End the turn (from any thread of the process)."""
         if self._fd is None:
@@ -67,7 +82,7 @@ class ComputeTurns:
     async def take(self) -> None:
         """Wait for the turn on a helper thread, so the event loop keeps running meanwhile;
         `release` ends it. A caller cancelled while waiting gives the turn back as it comes."""
-        if self._fd is None:
+        if self._fd is None or self._try_acquire():  # a free turn: no thread hop
             return
         waiting = asyncio.get_running_loop().run_in_executor(None, self.acquire)
         try:
