@@ -115,16 +115,10 @@ class LlamaBlock(nn.Module):
     ) -> torch.Tensor:
         """`x[rows, n, hidden]`; `keys`/`values` are this layer's pool `[pages, page, kv, d]`;
         `read_pages` is every row's page table, flattened (`[rows * pages]`)."""
-        rows = x.shape[0]
         q, k, v = self.attention_inputs(self, x, cos, sin)
         keys[write_pages, write_offsets] = k
         values[write_pages, write_offsets] = v
-        past_k = keys[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
-        past_v = values[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, past_k, past_v, attn_mask=mask, scale=self.scaling, enable_gqa=True
-        )
-        return self.output_and_mlp(self, x, out)
+        return self.output_and_mlp(self, x, _attend(self, q, keys, values, read_pages, mask))
 
     def forward_mixed(
         self,
@@ -159,6 +153,23 @@ class Segment:
     mask: torch.Tensor
 
 
+def _attend(
+    block: LlamaBlock,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    read_pages: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of `q[rows, heads, n, d]` over the rows' pages (`read_pages`, flattened)."""
+    rows = q.shape[0]
+    past_k = keys[read_pages].view(rows, -1, block.kv_heads, block.head_dim).transpose(1, 2)
+    past_v = values[read_pages].view(rows, -1, block.kv_heads, block.head_dim).transpose(1, 2)
+    return F.scaled_dot_product_attention(
+        q, past_k, past_v, attn_mask=mask, scale=block.scaling, enable_gqa=True
+    )
+
+
 def _mixed_attention(
     block: LlamaBlock,
     q: torch.Tensor,
@@ -167,16 +178,12 @@ def _mixed_attention(
     segments: list[Segment],
 ) -> torch.Tensor:
     """Attention of the queries `q[1, heads, tokens, d]` of every segment over its own pages."""
-    heads, kv_heads, head_dim = block.heads, block.kv_heads, block.head_dim
+    heads, head_dim = block.heads, block.head_dim
     outs = []
     for seg in segments:
         part = q[0, :, seg.first : seg.first + seg.rows * seg.n]  # [heads, rows * n, d]
         part = part.reshape(heads, seg.rows, seg.n, head_dim).transpose(0, 1)  # [rows, heads, n, d]
-        past_k = keys[seg.read_pages].view(seg.rows, -1, kv_heads, head_dim).transpose(1, 2)
-        past_v = values[seg.read_pages].view(seg.rows, -1, kv_heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            part, past_k, past_v, attn_mask=seg.mask, scale=block.scaling, enable_gqa=True
-        )
+        out = _attend(block, part, keys, values, seg.read_pages, seg.mask)
         outs.append(out.transpose(0, 1).reshape(heads, seg.rows * seg.n, head_dim))
     return torch.cat(outs, dim=1).unsqueeze(0)  # [1, heads, tokens, d]
 
