@@ -22,27 +22,17 @@ import asyncio
 import fcntl
 import os
 import threading
-from collections.abc import Callable
-from types import TracebackType
-from typing import ParamSpec, TypeVar
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class ComputeTurns:
-    """`with turns:` computes in this process's turn; without a path, at once (no turns)."""
+    """This process's turns on a file (`acquire`/`take`, then `release`); without a path, every
+    turn is taken at once (no turns)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else os.fspath(path)
         self._thread_lock = threading.Lock()
         # opened now, so a bad path fails at start, not at the first computation
         self._fd = None if self.path is None else os.open(self.path, _FLAGS, 0o600)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether there is a file to take turns on."""
-        return self.path is not None
 
     def acquire(self) -> None:
         """Wait for this process's turn (blocking the calling thread)."""
@@ -92,22 +82,6 @@ class ComputeTurns:
                 lambda done: None if done.cancelled() or done.exception() else self.release()
             )
             raise
-
-    def __enter__(self) -> None:
-        self.acquire()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """`fn(*args, **kwargs)` in this process's turn (blocking the calling thread)."""
-        with self:
-            return fn(*args, **kwargs)
 
     def close(self) -> None:
         """Close the file, once no turn of this process is held."""

@@ -10,6 +10,7 @@ pages per row), so a decode step can be captured once as a CUDA graph and replay
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from transformers import PretrainedConfig
 from swarm.kv_pages import PagePool
 
 FAST_FAMILIES = frozenset({"llama"})
+# a layer's attention of its queries over the pool's pages: (layer, q, keys, values) -> out
+Attention = Callable[["LlamaBlock", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def supports(config: PretrainedConfig) -> str | None:
@@ -110,33 +113,15 @@ class LlamaBlock(nn.Module):
         values: torch.Tensor,
         write_pages: torch.Tensor,
         write_offsets: torch.Tensor,
-        read_pages: torch.Tensor,
-        mask: torch.Tensor,
+        attend: Attention,
     ) -> torch.Tensor:
         """`x[rows, n, hidden]`; `keys`/`values` are this layer's pool `[pages, page, kv, d]`;
-        `read_pages` is every row's page table, flattened (`[rows * pages]`)."""
+        the new keys and values go to `write_pages`/`write_offsets`, then `attend` runs the
+        queries over the pages (`_attend`, or per group: `_mixed_attention`)."""
         q, k, v = self.attention_inputs(self, x, cos, sin)
         keys[write_pages, write_offsets] = k
         values[write_pages, write_offsets] = v
-        return self.output_and_mlp(self, x, _attend(self, q, keys, values, read_pages, mask))
-
-    def forward_mixed(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        write_pages: torch.Tensor,
-        write_offsets: torch.Tensor,
-        segments: list[Segment],
-    ) -> torch.Tensor:
-        """`x[1, tokens, hidden]`: the tokens of every segment in a row, so each linear reads
-        its weights once for all of them; attention runs per segment (`_mixed_attention`)."""
-        q, k, v = self.attention_inputs(self, x, cos, sin)
-        keys[write_pages, write_offsets] = k
-        values[write_pages, write_offsets] = v
-        return self.output_and_mlp(self, x, _mixed_attention(self, q, keys, values, segments))
+        return self.output_and_mlp(self, x, attend(self, q, keys, values))
 
 
 @dataclass(frozen=True)
@@ -151,6 +136,17 @@ class Segment:
     n: int
     read_pages: torch.Tensor
     mask: torch.Tensor
+
+
+def _placement(
+    table: torch.Tensor, positions: torch.Tensor, page_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `positions[rows, n]` of rows whose pages are `table[rows, pages]`: the page each
+    position is written to, and the causal mask `[rows, 1, n, pages * page_size]` of what it
+    attends to (every position up to its own)."""
+    keys_at = torch.arange(table.shape[1] * page_size, device=positions.device)
+    mask = (keys_at[None, None, :] <= positions[:, :, None]).unsqueeze(1)
+    return table.gather(1, positions // page_size), mask
 
 
 def _attend(
@@ -261,18 +257,29 @@ class LlamaSpanModule(nn.Module):
         every position ≤ its own. All tensors are on the span's device.
         """
         page_size = pool.page_size
-        cos = self.cos_table[positions].unsqueeze(2)  # [rows, n, 1, d]
-        sin = self.sin_table[positions].unsqueeze(2)
-        write_pages = table.gather(1, positions // page_size)
+        write_pages, mask = _placement(table, positions, page_size)
         write_offsets = positions % page_size
-        length = table.shape[1] * page_size
-        key_positions = torch.arange(length, device=x.device)
-        mask = (key_positions[None, None, :] <= positions[:, :, None]).unsqueeze(1)
         # one flat, contiguous list of pages: indexing with it gathers whole pages at copy speed,
         # where a strided table (a graph's static inputs are one buffer) took a generic index
         # kernel ~5x slower (32 rows on an H200: 2.45 of a 6 ms step); `index_select` was
         # slower than this at one row
         read_pages = table.reshape(-1)
+        attend = functools.partial(_attend, read_pages=read_pages, mask=mask)
+        return self._layers(x, positions, pool, write_pages, write_offsets, attend)
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        pool: PagePool,
+        write_pages: torch.Tensor,
+        write_offsets: torch.Tensor,
+        attend: Attention,
+    ) -> torch.Tensor:
+        """Every layer on `x` at `positions` (`[rows, n]`), each writing its keys and values
+        to its own pool pages, then attending as `attend` says."""
+        cos = self.cos_table[positions].unsqueeze(2)  # [rows, n, 1, d]
+        sin = self.sin_table[positions].unsqueeze(2)
         for index, layer in enumerate(self.layers):
             x = layer(
                 x,
@@ -282,8 +289,7 @@ class LlamaSpanModule(nn.Module):
                 pool.values[index],
                 write_pages,
                 write_offsets,
-                read_pages,
-                mask,
+                attend,
             )
         return x
 
@@ -301,22 +307,15 @@ class LlamaSpanModule(nn.Module):
         (n = 1) and a prefill or two (one row each): the linears then run over all of their
         tokens at once instead of once per group. All tensors on the span's device."""
         page_size = pool.page_size
-        cos = self.cos_table[positions].unsqueeze(2)  # [1, tokens, 1, d]
-        sin = self.sin_table[positions].unsqueeze(2)
         segments, write_pages = [], []
         first = 0
         for table, (rows, n) in zip(tables, shapes, strict=True):
-            pos = positions[0, first : first + rows * n].view(rows, n)
-            write_pages.append(table.gather(1, pos // page_size).reshape(-1))
-            keys_at = torch.arange(table.shape[1] * page_size, device=x.device)
-            mask = (keys_at[None, None, :] <= pos[:, :, None]).unsqueeze(1)
+            pages, mask = _placement(
+                table, positions[0, first : first + rows * n].view(rows, n), page_size
+            )
+            write_pages.append(pages.reshape(-1))
             segments.append(Segment(first, rows, n, table.reshape(-1), mask))
             first += rows * n
+        attend = functools.partial(_mixed_attention, segments=segments)
         pages = torch.cat(write_pages).unsqueeze(0)  # [1, tokens]
-        offsets = positions % page_size
-        for index, layer in enumerate(self.layers):
-            assert isinstance(layer, LlamaBlock)
-            x = layer.forward_mixed(
-                x, cos, sin, pool.keys[index], pool.values[index], pages, offsets, segments
-            )
-        return x
+        return self._layers(x, positions, pool, pages, positions % page_size, attend)

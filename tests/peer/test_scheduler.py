@@ -11,8 +11,8 @@ import torch
 
 from peer.scheduler import StepScheduler
 from peer.sessions import Session
+from swarm import llama_span
 from swarm.blocks import Span
-from swarm.llama_span import LlamaBlock
 from swarm.models import load_weights
 
 
@@ -142,16 +142,16 @@ def test_a_mixed_forward_that_fails_midway_falls_back_to_exact_separate_steps(
     want.append(reference.forward(prompt, caches[2], 0))
     want_next = reference.forward_many(after, caches)
     calls = 0
-    real = LlamaBlock.forward_mixed
+    real = llama_span._mixed_attention
 
-    def failing(self: LlamaBlock, *args: object) -> torch.Tensor:
+    def failing(*args: object, **kwargs: object) -> torch.Tensor:
         nonlocal calls
         calls += 1
-        if calls == 2:  # the first layer has written its keys and values by now
+        if calls == 2:  # the first layer has written its keys and values, the second too
             raise RuntimeError("out of memory, say")
-        return real(self, *args)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(LlamaBlock, "forward_mixed", failing)
+    monkeypatch.setattr(llama_span, "_mixed_attention", failing)
 
     async def main() -> tuple[list[torch.Tensor | BaseException], StepScheduler, list[Session]]:
         scheduler = StepScheduler(span)
@@ -169,6 +169,6 @@ def test_a_mixed_forward_that_fails_midway_falls_back_to_exact_separate_steps(
     for out, expected in zip(outs, want, strict=True):
         assert isinstance(out, torch.Tensor)
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-    monkeypatch.setattr(LlamaBlock, "forward_mixed", real)
+    monkeypatch.setattr(llama_span, "_mixed_attention", real)
     got_next = span.forward_many(after, [s.cache for s in sessions])
     torch.testing.assert_close(got_next, want_next, rtol=1e-4, atol=1e-5)

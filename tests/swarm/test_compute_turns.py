@@ -19,9 +19,10 @@ HOLDER = """
 import sys
 from swarm.compute_turns import ComputeTurns
 turns = ComputeTurns(sys.argv[1])
-with turns:
-    print("HELD", flush=True)
-    sys.stdin.readline()  # hold the turn until told (or killed)
+turns.acquire()
+print("HELD", flush=True)
+sys.stdin.readline()  # hold the turn until told (or killed)
+turns.release()
 print("RELEASED", flush=True)
 sys.stdin.readline()
 """
@@ -67,8 +68,9 @@ def test_another_process_waits_for_the_turn(
     took = threading.Event()
 
     def compute() -> None:
-        with turns:
-            took.set()
+        turns.acquire()
+        took.set()
+        turns.release()
 
     waiter = threading.Thread(target=compute)
     waiter.start()
@@ -88,7 +90,9 @@ def test_a_killed_holder_frees_the_turn(holder: tuple[subprocess.Popen[str], Pat
     proc.kill()
     proc.wait(10)
     turns = ComputeTurns(path)
-    assert turns.run(lambda: 42) == 42
+    turns.acquire()
+    assert not turn_is_free(path)
+    turns.release()
     turns.close()
 
 
@@ -100,13 +104,14 @@ def test_threads_of_one_process_take_turns_too(tmp_path: Path) -> None:
     def compute() -> None:
         nonlocal inside, most
         for _ in range(200):
-            with turns:
-                with guard:
-                    inside += 1
-                    most = max(most, inside)
-                sum(range(200))  # some work while holding the turn
-                with guard:
-                    inside -= 1
+            turns.acquire()
+            with guard:
+                inside += 1
+                most = max(most, inside)
+            sum(range(200))  # some work while holding the turn
+            with guard:
+                inside -= 1
+            turns.release()
 
     threads = [threading.Thread(target=compute) for _ in range(4)]
     for thread in threads:
@@ -117,25 +122,27 @@ def test_threads_of_one_process_take_turns_too(tmp_path: Path) -> None:
     turns.close()
 
 
-def test_a_failing_computation_gives_the_turn_back(tmp_path: Path) -> None:
+def test_a_turn_taken_on_one_thread_is_released_on_another(tmp_path: Path) -> None:
+    """What `take` does: a helper thread waits for the turn, the event loop's thread ends it."""
     path = tmp_path / "compute.turns"
     turns = ComputeTurns(path)
-
-    def fail() -> None:
-        raise ValueError("boom")
-
-    with pytest.raises(ValueError, match="boom"):
-        turns.run(fail)
+    helper = threading.Thread(target=turns.acquire)
+    helper.start()
+    helper.join(30)
+    assert not turn_is_free(path)
+    turns.release()
     assert turn_is_free(path)
-    assert turns.run(lambda x, y: x + y, 2, y=3) == 5
+    turns.acquire()  # and it can be taken again
+    turns.release()
     turns.close()
 
 
 def test_no_turns_computes_at_once() -> None:
-    assert not NO_TURNS.enabled
-    assert NO_TURNS.run(lambda: "now") == "now"
-    with NO_TURNS, NO_TURNS:  # no lock to hold: nesting cannot deadlock
-        pass
+    NO_TURNS.acquire()
+    NO_TURNS.acquire()  # no lock to hold: taking it twice cannot deadlock
+    NO_TURNS.release()
+    NO_TURNS.release()
+    asyncio.run(NO_TURNS.take())
 
 
 def test_an_event_loop_keeps_running_while_it_waits_for_its_turn(
