@@ -3,17 +3,14 @@ batched forward through the span; everything runs on one compute thread, off the
 (or, with `--compute inline`, on the loop itself: its executor then computes as it is called).
 
 While one batch computes, new steps queue up; the next batch takes all of them (continuous
-batching). Steps of one session keep their order. On a span that mixes steps (paged layers
-without decode graphs: the CPU) the prefills and resumed turns of a batch run in the decode
-rows' forward (`Span.forward_ragged`: their linears read the weights once for all tokens);
-elsewhere, and for sessions of batch > 1, they run on their own.
+batching). Steps of one session keep their order. Prefill steps, and sessions of batch > 1,
+run on their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,8 +23,6 @@ from swarm import trace
 from swarm.blocks import Span
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.threads import compute_thread
-
-log = logging.getLogger("swarmgate.scheduler")
 
 
 @dataclass
@@ -57,24 +52,11 @@ class _Step:
             and self.position in (None, s.cache.length)
         )
 
-    @property
-    def mixable(self) -> bool:
-        """A step of a batch-1 session that a ragged forward can take beside decode rows (a
-        prefill, a resumed turn; `Span.forward_ragged`)."""
-        s = self.session
-        return (
-            s is not None
-            and self.hidden.dim() == 3
-            and self.hidden.shape[0] == 1
-            and s.cache.batch in (None, 1)
-        )
-
 
 @dataclass
 class SchedulerStats:
     steps: int = 0
     forwards: int = 0
-    ragged_fallbacks: int = 0  # mixed forwards that failed (their steps then ran one by one)
     batch_sizes: Counter[int] = field(default_factory=Counter)
     # called on the compute thread after each forward with (batch size, seconds it took)
     observe: Callable[[int, float], None] | None = None
@@ -203,13 +185,6 @@ class StepScheduler:
         trace.mark("compute.start", "", len(items))
         results: dict[int, torch.Tensor | BaseException] = {}
         batch = [i for i, item in enumerate(items) if item.batchable]
-        others = [i for i, item in enumerate(items) if item.mixable and i not in batch]
-        if batch and others and self.span.mixes_steps:
-            # prefills among decode rows: one ragged forward for all of them; where it fails
-            # (a step it cannot take, say) each runs on its own below and gets its own error
-            mixed = self._ragged([items[i] for i in batch + others], batch + others)
-            results.update(mixed)
-            batch = [] if mixed else batch
         if len(batch) > 1:
             hidden = torch.cat([items[i].hidden for i in batch])
             caches = [items[i].session.cache for i in batch]  # type: ignore[union-attr]
@@ -245,24 +220,6 @@ class StepScheduler:
         self.stats.steps += len(items)
         trace.mark("compute.end", "", len(items))
         return [results[i] for i in range(len(items))]
-
-    def _ragged(self, items: list[_Step], indices: list[int]) -> dict[int, torch.Tensor]:
-        """Decode rows and prefills as one forward (`Span.forward_ragged`); nothing where it
-        failed."""
-        steps = [(s.hidden, s.session.cache, s.position) for s in items]  # type: ignore[union-attr]
-        try:
-            began = time.perf_counter()
-            outputs = self.span.forward_ragged(steps, to_host=True)
-        except Exception:
-            self.stats.ragged_fallbacks += 1
-            if self.stats.ragged_fallbacks == 1 or log.isEnabledFor(logging.DEBUG):
-                log.warning("a mixed forward failed; its steps run one by one", exc_info=True)
-            return {}
-        self.stats.record(len(items), time.perf_counter() - began)
-        return {
-            i: out.to(step.hidden.dtype)
-            for i, step, out in zip(indices, items, outputs, strict=True)
-        }
 
     async def _gather_window(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait up to `window` seconds while fewer steps are queued than sessions are decoding.

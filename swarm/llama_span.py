@@ -10,9 +10,7 @@ pages per row), so a decode step can be captured once as a CUDA graph and replay
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +20,6 @@ from transformers import PretrainedConfig
 from swarm.kv_pages import PagePool
 
 FAST_FAMILIES = frozenset({"llama"})
-# a layer's attention of its queries over the pool's pages: (layer, q, keys, values) -> out
-Attention = Callable[["LlamaBlock", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def supports(config: PretrainedConfig) -> str | None:
@@ -113,75 +109,21 @@ class LlamaBlock(nn.Module):
         values: torch.Tensor,
         write_pages: torch.Tensor,
         write_offsets: torch.Tensor,
-        attend: Attention,
+        read_pages: torch.Tensor,
+        mask: torch.Tensor,
     ) -> torch.Tensor:
         """`x[rows, n, hidden]`; `keys`/`values` are this layer's pool `[pages, page, kv, d]`;
-        the new keys and values go to `write_pages`/`write_offsets`, then `attend` runs the
-        queries over the pages (`_attend`, or per group: `_mixed_attention`)."""
+        `read_pages` is every row's page table, flattened (`[rows * pages]`)."""
+        rows = x.shape[0]
         q, k, v = self.attention_inputs(self, x, cos, sin)
         keys[write_pages, write_offsets] = k
         values[write_pages, write_offsets] = v
-        return self.output_and_mlp(self, x, attend(self, q, keys, values))
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Tokens [first, first + rows * n) of a mixed step (`LlamaSpanModule.forward_mixed`):
-    `rows` sessions of `n` new positions each (decode rows: n = 1; a prefill: one row), whose
-    page tables, flattened, are `read_pages` (`[rows * pages]`), with the causal `mask`
-    (`[rows, 1, n, pages * page_size]`) over them."""
-
-    first: int
-    rows: int
-    n: int
-    read_pages: torch.Tensor
-    mask: torch.Tensor
-
-
-def _placement(
-    table: torch.Tensor, positions: torch.Tensor, page_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For `positions[rows, n]` of rows whose pages are `table[rows, pages]`: the page each
-    position is written to, and the causal mask `[rows, 1, n, pages * page_size]` of what it
-    attends to (every position up to its own)."""
-    keys_at = torch.arange(table.shape[1] * page_size, device=positions.device)
-    mask = (keys_at[None, None, :] <= positions[:, :, None]).unsqueeze(1)
-    return table.gather(1, positions // page_size), mask
-
-
-def _attend(
-    block: LlamaBlock,
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    read_pages: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """Attention of `q[rows, heads, n, d]` over the rows' pages (`read_pages`, flattened)."""
-    rows = q.shape[0]
-    past_k = keys[read_pages].view(rows, -1, block.kv_heads, block.head_dim).transpose(1, 2)
-    past_v = values[read_pages].view(rows, -1, block.kv_heads, block.head_dim).transpose(1, 2)
-    return F.scaled_dot_product_attention(
-        q, past_k, past_v, attn_mask=mask, scale=block.scaling, enable_gqa=True
-    )
-
-
-def _mixed_attention(
-    block: LlamaBlock,
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    segments: list[Segment],
-) -> torch.Tensor:
-    """Attention of the queries `q[1, heads, tokens, d]` of every segment over its own pages."""
-    heads, head_dim = block.heads, block.head_dim
-    outs = []
-    for seg in segments:
-        part = q[0, :, seg.first : seg.first + seg.rows * seg.n]  # [heads, rows * n, d]
-        part = part.reshape(heads, seg.rows, seg.n, head_dim).transpose(0, 1)  # [rows, heads, n, d]
-        out = _attend(block, part, keys, values, seg.read_pages, seg.mask)
-        outs.append(out.transpose(0, 1).reshape(heads, seg.rows * seg.n, head_dim))
-    return torch.cat(outs, dim=1).unsqueeze(0)  # [1, heads, tokens, d]
+        past_k = keys[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+        past_v = values[read_pages].view(rows, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, past_k, past_v, attn_mask=mask, scale=self.scaling, enable_gqa=True
+        )
+        return self.output_and_mlp(self, x, out)
 
 
 def _attention_inputs(
@@ -257,29 +199,18 @@ class LlamaSpanModule(nn.Module):
         every position ≤ its own. All tensors are on the span's device.
         """
         page_size = pool.page_size
-        write_pages, mask = _placement(table, positions, page_size)
+        cos = self.cos_table[positions].unsqueeze(2)  # [rows, n, 1, d]
+        sin = self.sin_table[positions].unsqueeze(2)
+        write_pages = table.gather(1, positions // page_size)
         write_offsets = positions % page_size
+        length = table.shape[1] * page_size
+        key_positions = torch.arange(length, device=x.device)
+        mask = (key_positions[None, None, :] <= positions[:, :, None]).unsqueeze(1)
         # one flat, contiguous list of pages: indexing with it gathers whole pages at copy speed,
         # where a strided table (a graph's static inputs are one buffer) took a generic index
         # kernel ~5x slower (32 rows on an H200: 2.45 of a 6 ms step); `index_select` was
         # slower than this at one row
         read_pages = table.reshape(-1)
-        attend = functools.partial(_attend, read_pages=read_pages, mask=mask)
-        return self._layers(x, positions, pool, write_pages, write_offsets, attend)
-
-    def _layers(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        pool: PagePool,
-        write_pages: torch.Tensor,
-        write_offsets: torch.Tensor,
-        attend: Attention,
-    ) -> torch.Tensor:
-        """Every layer on `x` at `positions` (`[rows, n]`), each writing its keys and values
-        to its own pool pages, then attending as `attend` says."""
-        cos = self.cos_table[positions].unsqueeze(2)  # [rows, n, 1, d]
-        sin = self.sin_table[positions].unsqueeze(2)
         for index, layer in enumerate(self.layers):
             x = layer(
                 x,
@@ -289,33 +220,7 @@ class LlamaSpanModule(nn.Module):
                 pool.values[index],
                 write_pages,
                 write_offsets,
-                attend,
+                read_pages,
+                mask,
             )
         return x
-
-    def forward_mixed(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        tables: list[torch.Tensor],
-        shapes: list[tuple[int, int]],
-        pool: PagePool,
-    ) -> torch.Tensor:
-        """Several groups of rows in one pass: `x[1, tokens, h]` at `positions[1, tokens]`,
-        where group g holds `shapes[g] = (rows, n)` (rows of n new positions each, in order)
-        and `tables[g][rows, pages]` are its rows' pages. Typically one group of decode rows
-        (n = 1) and a prefill or two (one row each): the linears then run over all of their
-        tokens at once instead of once per group. All tensors on the span's device."""
-        page_size = pool.page_size
-        segments, write_pages = [], []
-        first = 0
-        for table, (rows, n) in zip(tables, shapes, strict=True):
-            pages, mask = _placement(
-                table, positions[0, first : first + rows * n].view(rows, n), page_size
-            )
-            write_pages.append(pages.reshape(-1))
-            segments.append(Segment(first, rows, n, table.reshape(-1), mask))
-            first += rows * n
-        attend = functools.partial(_mixed_attention, segments=segments)
-        pages = torch.cat(write_pages).unsqueeze(0)  # [1, tokens]
-        return self._layers(x, positions, pool, pages, positions % page_size, attend)
