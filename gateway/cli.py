@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 from gateway.server import GatewayConfig, run_gateway
+from swarm import event_loop
 from swarm.logs import setup_logging
 from swarm.models import DEFAULT_MODEL
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print("GATEWAY_READY " + json.dumps({"url": url}), flush=True)
 
     try:
-        return asyncio.run(run_gateway(config, on_ready=ready))
+        return event_loop.run(run_gateway(config, on_ready=ready))
     except KeyboardInterrupt:
         return 130
 

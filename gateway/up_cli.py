@@ -8,7 +8,6 @@ curl example. Ctrl-C (or SIGTERM) stops the gateway and then every peer cleanly.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from gateway.cli import (
     stream_after_send,
 )
 from gateway.server import GatewayConfig, run_gateway
+from swarm import event_loop
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
 from swarm.main_thread import add_compute_flag
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 line["peer_metrics"] = peer_metrics
             print("GATEWAY_READY " + json.dumps(line), flush=True)
 
-        return asyncio.run(run_gateway(config, on_ready=announce))
+        return event_loop.run(run_gateway(config, on_ready=announce))
     except KeyboardInterrupt:
         return 130
     finally:

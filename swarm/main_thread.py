@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from swarm import event_loop
 from swarm.threads import glue_thread
 
 T = TypeVar("T")
@@ -109,7 +110,7 @@ def run_async_with_compute(
     def body() -> None:
         glue_thread()  # the compute is this process's main thread's alone (swarm.threads)
         try:
-            outcome["code"] = asyncio.run(program(executor))
+            outcome["code"] = event_loop.run(program(executor))
         except BaseException as error:
             outcome["error"] = error
         finally:
@@ -172,7 +173,7 @@ def run_async_inline(
             executor.stop()
 
     try:
-        return asyncio.run(body())
+        return event_loop.run(body())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
