@@ -12,7 +12,8 @@ beside libp2p, swarm/lanes.py, every output back through the gateway), `push` (`
 peer sends its output straight to the next) and `libp2p` (`--no-lanes`: py-libp2p streams, as
 in session 4); `mkl` (`--no-pack`) runs the CPU peers' linears through MKL instead of
 oneDNN's packed kernels; `no-turns` (`--no-compute-turns`) lets the peers and the head
-compute at the same time instead of in turns (swarm/compute_turns.py).
+compute at the same time instead of in turns (swarm/compute_turns.py); `asyncio-loop`
+(`SWARMGATE_LOOP=asyncio`) runs every process on asyncio's own loop instead of uvloop.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ SETUPS = {  # extra `up` flags of each setup
     "libp2p": ["--no-lanes"],
     "no-turns": ["--no-compute-turns"],  # peers and head compute at once (until session 13)
     "mkl": ["--no-pack"],  # CPU peers' linears through MKL, as before session 12
+    "asyncio-loop": [],  # every process on asyncio's own event loop, not uvloop (session 14)
 }
+SETUP_ENVS = {"asyncio-loop": {"SWARMGATE_LOOP": "asyncio"}}  # environments of setups
 
 from bench.overhead import overhead  # noqa: E402
 from swarm.head import Head  # noqa: E402
@@ -152,6 +155,7 @@ def main() -> None:
         proc = start(
             ["up", "--port", "0", "--peers", str(peers), "--peer-metrics", *flags],
             "GATEWAY_READY ",
+            env=SETUP_ENVS.get(kind),
         )
         try:
             for label, prompt in (("short", SHORT), ("500-token", LONG)):
@@ -183,6 +187,12 @@ def main() -> None:
             f"{setup}: streamed TTFT {figures['ttft_p50_ms']:.1f} ms p50, of which gateway + "
             f"network + head {figures['ttft_overhead_p50_ms']:.1f} ms; not model compute "
             f"{figures['ttft_beyond_model_p50_ms']:.1f} ms"
+        )
+        print(
+            f"{setup}: at the gateway, request arrival to first token sent "
+            f"{figures['server_ttft_p50_ms']:.1f} ms p50, of which gateway + network + head "
+            f"{figures['server_ttft_overhead_p50_ms']:.1f} ms; not model compute "
+            f"{figures['server_ttft_beyond_model_p50_ms']:.1f} ms"
         )
     out = ROOT / "bench-out"
     out.mkdir(exist_ok=True)

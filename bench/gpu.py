@@ -47,6 +47,7 @@ SETUPS = {  # extra `up` flags of each setup
     "three-groups": ["--round-groups", "3"],  # three pipelined micro-batches
     "serial-rounds": ["--rounds-in-flight", "1"],  # two groups, one round in flight (session 7)
     "eager": ["--no-compile"],  # layers not compiled (session 8)
+    "asyncio-loop": [],  # every process on asyncio's own event loop, not uvloop (session 14)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
     "eager-head": ["--no-head-graphs"],  # greedy head passes eager (default until session 12)
     "thread": ["--compute", "thread"],  # peers compute beside their loop (default until session 12)
@@ -176,7 +177,10 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     }
 
 
-def start_gpu_swarm(extra: list[str]) -> Proc:
+SETUP_ENVS = {"asyncio-loop": {"SWARMGATE_LOOP": "asyncio"}}  # environments of setups
+
+
+def start_gpu_swarm(extra: list[str], env: dict[str, str] | None = None) -> Proc:
     """`swarmgate up` with two bf16 peers of MODEL and the head on the GPU, on a free port."""
     return start(
         [
@@ -195,6 +199,7 @@ def start_gpu_swarm(extra: list[str]) -> Proc:
         ],
         "GATEWAY_READY ",
         timeout=900,
+        env=env,
     )
 
 
@@ -228,7 +233,7 @@ def measure_swarm(args: argparse.Namespace, setup: str) -> dict[str, Any]:
     print(f"starting swarmgate up (2 peers, cuda, bf16, {setup})...", flush=True)
     extra = [] if args.round_window_ms is None else ["--round-window-ms", str(args.round_window_ms)]
     extra += SETUPS[setup]
-    proc = start_gpu_swarm(["--peer-metrics", *extra])
+    proc = start_gpu_swarm(["--peer-metrics", *extra], SETUP_ENVS.get(setup))
     try:
         base_url = f"{proc.ready['url']}/v1"
         peer_urls = [str(u) for u in proc.ready["peer_metrics"]]  # type: ignore[attr-defined]
@@ -337,6 +342,12 @@ def main() -> None:
             f"{setup}: streamed TTFT {swarm['overhead']['ttft_p50_ms']:.2f} ms p50, overhead on "
             f"it {swarm['overhead']['ttft_overhead_p50_ms']:.2f} ms, not model compute "
             f"{swarm['overhead']['ttft_beyond_model_p50_ms']:.2f} ms"
+        )
+        print(
+            f"{setup}: at the gateway, request arrival to first token sent "
+            f"{swarm['overhead']['server_ttft_p50_ms']:.2f} ms p50, overhead on it "
+            f"{swarm['overhead']['server_ttft_overhead_p50_ms']:.2f} ms, not model compute "
+            f"{swarm['overhead']['server_ttft_beyond_model_p50_ms']:.2f} ms"
         )
         runs = ", ".join(f"{v:.1f}" for v in swarm["concurrent"]["runs_tok_s"])
         print(f"{setup}: {args.streams}-stream runs (tok/s): {runs}")

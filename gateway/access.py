@@ -42,9 +42,18 @@ class AccessRecord:
     model: str | None = None
     stream: bool | None = None
     usage: _Usage | None = None
+    # a stream's first token: the next body sent carries it (`token_next`), then the seconds
+    # from the request's arrival to that body handed to the server
+    first_token_pending: bool = False
+    first_token_seconds: float | None = None
 
     def note(self, model: str, usage: _Usage, stream: bool) -> None:
         self.model, self.usage, self.stream = model, usage, stream
+
+    def token_next(self) -> None:
+        """The next body sent holds the stream's first token (called once, by the stream)."""
+        if self.first_token_seconds is None:
+            self.first_token_pending = True
 
 
 def access_record(request: Request) -> AccessRecord:
@@ -71,10 +80,14 @@ class AccessLog:
     """Log every HTTP request once, when its response (stream included) is over."""
 
     def __init__(
-        self, app: ASGIApp, on_done: Callable[[str, str, int], None] | None = None
+        self,
+        app: ASGIApp,
+        on_done: Callable[[str, str, int], None] | None = None,
+        on_first_token: Callable[[str, float], None] | None = None,
     ) -> None:
         self.app = app
         self.on_done = on_done  # (route template, method, status), e.g. a request counter
+        self.on_first_token = on_first_token  # (model, seconds since the request arrived)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +105,12 @@ class AccessLog:
                 status = int(message["status"])
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = record.request_id
             await send(message)
+            if record.first_token_pending and message["type"] == "http.response.body":
+                record.first_token_pending = False
+                seconds = record.first_token_seconds = time.perf_counter() - began
+                trace.mark("http.token")
+                if self.on_first_token is not None and record.model is not None:
+                    self.on_first_token(record.model, seconds)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -110,6 +129,11 @@ class AccessLog:
             "path": path,
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
+            "first_token_ms": (
+                round(record.first_token_seconds * 1000, 2)
+                if record.first_token_seconds is not None
+                else None
+            ),
             "model": record.model,
             "stream": record.stream,
             "prompt_tokens": usage.prompt_tokens if usage is not None else None,

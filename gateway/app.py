@@ -75,7 +75,10 @@ def create_app(
 
     app.add_middleware(RequireApiKey, guard=guard)
     metrics: GatewayMetrics = getattr(engine, "metrics", None) or GatewayMetrics()
-    app.add_middleware(AccessLog, on_done=metrics.request_done)  # outermost: sees every request
+    # outermost: sees every request
+    app.add_middleware(
+        AccessLog, on_done=metrics.request_done, on_first_token=metrics.first_token_sent
+    )
 
     async def admit(request: Request, tokens: int) -> None:
         """Count the request against its key's per-minute limits (429 when over)."""
@@ -187,6 +190,7 @@ def create_app(
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        trace.mark("handler")
         model = resolve(body.model)
         if not model.chat:
             raise errors.invalid_request(
@@ -235,7 +239,15 @@ def create_app(
                 }
                 for i in range(n)
             ]
-            events = sse_events(first, chunk_body, chunk_choice, usage, body.include_usage, opening)
+            events = sse_events(
+                first,
+                chunk_body,
+                chunk_choice,
+                usage,
+                body.include_usage,
+                opening,
+                on_first_token=access_record(request).token_next,
+            )
             return EventSourceResponse(events, sep="\n", ping=15)
         done = await Collected.of(source, n)
         return {
@@ -296,7 +308,14 @@ def create_app(
                     "finish_reason": delta.finish_reason,
                 }
 
-            events = sse_events(first, chunk_body, chunk_choice, usage, body.include_usage)
+            events = sse_events(
+                first,
+                chunk_body,
+                chunk_choice,
+                usage,
+                body.include_usage,
+                on_first_token=access_record(request).token_next,
+            )
             return EventSourceResponse(events, sep="\n", ping=15)
         choices: list[dict[str, Any]] = []
         total = Usage()

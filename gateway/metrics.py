@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gateway.engine import ChoiceDelta, Engine, Usage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HOP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 HEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -111,6 +111,15 @@ class GatewayMetrics:
             buckets=TTFT_BUCKETS,
             registry=registry,
         )
+        self.first_token_sent_seconds = Histogram(
+            "swarmgate_response_first_token_seconds",
+            "Streamed responses: from the request's arrival at the gateway to its first "
+            "token's bytes handed to the HTTP server (tokenizing, routing, the swarm, the "
+            "head and the response's start included)",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
         self.itl = Histogram(
             "swarmgate_inter_token_latency_seconds",
             "Between consecutive decoding steps of one generation",
@@ -156,6 +165,9 @@ class GatewayMetrics:
 
     def request_done(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()
+
+    def first_token_sent(self, model: str, seconds: float) -> None:
+        self.first_token_sent_seconds.labels(model).observe(seconds)
 
     def route_opened(self, model: str, hops: int) -> None:
         self.route_hops.labels(model).observe(hops)

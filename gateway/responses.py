@@ -113,10 +113,12 @@ async def sse_events(
     usage: Usage,
     include_usage: bool,
     opening: list[dict[str, Any]] | None = None,
+    on_first_token: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE events in OpenAI's shape: chunks, the usage chunk if asked, then `[DONE]`.
 
-    A failure mid-stream ends the stream with an error event in OpenAI's error shape. Events
+    A failure mid-stream ends the stream with an error event in OpenAI's error shape.
+    `on_first_token` is called just before the first event that carries text is yielded. Events
     are encoded here (sse-starlette sends bytes as they are): the envelope, the same for every
     chunk, is serialized once and each chunk only adds its choices (a third of the cost of
     dumping the whole chunk, per token and stream).
@@ -140,6 +142,9 @@ async def sse_events(
         async for deltas in source:
             for delta in deltas:
                 if delta.text or delta.finish_reason:
+                    if on_first_token is not None and delta.text:
+                        on_first_token()
+                        on_first_token = None
                     yield event([choice(delta)])
         if include_usage:
             yield data({**body([]), "usage": usage_json(usage)})

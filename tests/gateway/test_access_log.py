@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -176,3 +177,38 @@ def test_records_are_written_by_a_thread_of_their_own_with_fields_and_traceback(
     assert line["msg"] == "step 7 failed" and line["peer"] == "abc" and line["level"] == "error"
     assert "ValueError: boom" in line["exc"]
     assert threading.current_thread().name not in stream.writers
+
+
+def test_first_token_time_is_taken_when_its_body_is_sent() -> None:
+    """The body after `token_next` is the first token's: its time from the request's arrival
+    is reported once (and only for the first token), and logged as `first_token_ms`."""
+    from gateway.access import STATE_KEY, AccessLog, AccessRecord
+    from gateway.engine import Usage
+
+    seen: list[tuple[str, float]] = []
+    records: list[AccessRecord] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        record: AccessRecord = scope["state"][STATE_KEY]
+        records.append(record)
+        record.note("m", Usage(), True)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"opening", "more_body": True})
+        assert not seen  # no token yet
+        await asyncio.sleep(0.02)
+        record.token_next()
+        await send({"type": "http.response.body", "body": b"token", "more_body": True})
+        record.token_next()  # a later token: not a first one
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    middleware = AccessLog(app, on_first_token=lambda model, s: seen.append((model, s)))
+    scope = {"type": "http", "method": "POST", "path": "/v1/x", "headers": []}
+    asyncio.run(middleware(scope, receive, send))
+    assert len(seen) == 1 and seen[0][0] == "m" and seen[0][1] >= 0.02
+    assert records[0].first_token_seconds == seen[0][1]

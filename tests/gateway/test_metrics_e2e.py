@@ -85,6 +85,12 @@ def test_streaming_chat_moves_gateway_and_peer_metrics(up: Proc) -> None:
     assert grew("swarmgate_prompt_tokens_total", model=MODEL) == usage.prompt_tokens
     assert grew("swarmgate_time_to_first_token_seconds_count", model=MODEL) == 1
     assert grew("swarmgate_time_to_first_token_seconds_sum", model=MODEL) > 0
+    # the response's own first-token time spans the generation's (tokenizing, the start of
+    # the response and the writing come on top)
+    assert grew("swarmgate_response_first_token_seconds_count", model=MODEL) == 1
+    assert grew("swarmgate_response_first_token_seconds_sum", model=MODEL) > grew(
+        "swarmgate_time_to_first_token_seconds_sum", model=MODEL
+    )
     # one token per decoding step: every token after the first is one inter-token interval
     itl = grew("swarmgate_inter_token_latency_seconds_count", model=MODEL)
     assert itl == usage.completion_tokens - 1
@@ -109,6 +115,7 @@ def test_streaming_chat_moves_gateway_and_peer_metrics(up: Proc) -> None:
     assert line["completion_tokens"] == usage.completion_tokens
     assert line["prompt_tokens"] == usage.prompt_tokens
     assert line["duration_ms"] > 0
+    assert 0 < line["first_token_ms"] < line["duration_ms"]
 
     # the prefill, then one step per token fed back: every token but the last one
     steps = usage.completion_tokens
