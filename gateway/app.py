@@ -8,6 +8,7 @@ Every error is in OpenAI's shape (see `gateway.errors`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -178,10 +179,18 @@ def create_app(
         stop: list[str],
         params: SamplingParams,
         usage: Usage,
+        routed: asyncio.Event | None = None,
     ) -> AsyncIterator[list[ChoiceDelta]]:
         try:
             generation = engine.generate(
-                model, prompt, n=n, max_tokens=max_tokens, stops=stop, params=params, usage=usage
+                model,
+                prompt,
+                n=n,
+                max_tokens=max_tokens,
+                stops=stop,
+                params=params,
+                usage=usage,
+                on_routed=None if routed is None else routed.set,
             )
             async for deltas in metrics.track(model.name, generation, usage):
                 yield deltas
@@ -212,10 +221,12 @@ def create_app(
         created = int(time.time())
         usage = Usage()
         access_record(request).note(model.name, usage, bool(body.stream))
-        source = run_choices(model, prompt, n, max_tokens, stop, params, usage)
         if body.stream:
-            # start generating before answering: a swarm that cannot serve gets a real 503
-            first = await started(source)
+            # start generating before answering: a swarm that cannot serve gets a real 503;
+            # the answer starts once the first peer took the request (or at the first token)
+            routed = asyncio.Event()
+            source = run_choices(model, prompt, n, max_tokens, stop, params, usage, routed)
+            first = await started(source, routed)
 
             def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:
                 return envelope(
@@ -249,6 +260,7 @@ def create_app(
                 on_first_token=access_record(request).token_next,
             )
             return EventSourceResponse(events, sep="\n", ping=15)
+        source = run_choices(model, prompt, n, max_tokens, stop, params, usage)
         done = await Collected.of(source, n)
         return {
             **envelope("chat.completion", completion_id, created, model.name, []),
@@ -290,7 +302,10 @@ def create_app(
         if body.stream:
             usage = Usage()
             access_record(request).note(model.name, usage, True)
-            first = await started(run_choices(model, encoded[0], n, limits[0], stop, params, usage))
+            routed = asyncio.Event()
+            first = await started(
+                run_choices(model, encoded[0], n, limits[0], stop, params, usage, routed), routed
+            )
             offsets = [0] * n
 
             def chunk_body(choices: list[dict[str, Any]]) -> dict[str, Any]:

@@ -296,11 +296,16 @@ class Engine:
         return torch.float32
 
     async def _fresh(
-        self, model: ServedModel, batch: int, max_length: int, embedded: torch.Tensor
+        self,
+        model: ServedModel,
+        batch: int,
+        max_length: int,
+        embedded: torch.Tensor,
+        on_routed: Callable[[], None] | None = None,
     ) -> tuple[InferenceSession, torch.Tensor]:
         """A new session over the best chain, prefilled with `embedded`; its output.
 
-        Waits in a bounded queue while peers are busy."""
+        Waits in a bounded queue while peers are busy. `on_routed`: see `generate`."""
         deadline = time.monotonic() + self.max_wait
         busy: set[str] = set()
         failed: set[str] = set()
@@ -309,7 +314,7 @@ class Engine:
             while True:
                 try:
                     return await self._open_fresh(
-                        model, batch, max_length, frozenset(busy | failed), embedded
+                        model, batch, max_length, frozenset(busy | failed), embedded, on_routed
                     )
                 except (WireError, OSError) as error:
                     peer_id = str(getattr(error, "peer_id", ""))
@@ -346,6 +351,7 @@ class Engine:
         max_length: int,
         avoid: frozenset[str],
         embedded: torch.Tensor,
+        on_routed: Callable[[], None] | None = None,
     ) -> tuple[InferenceSession, torch.Tensor]:
         cache_tokens = batch * max_length
         try:
@@ -378,12 +384,16 @@ class Engine:
             channels=self.channels,
             push=self.push,
         )
-        hidden = await session.start(embedded)
+        hidden = await session.start(embedded, on_first_hop=on_routed)
         self.metrics.route_opened(model.name, len(hops))
         return session, hidden
 
     async def _resume(
-        self, model: ServedModel, prompt: list[int], max_length: int
+        self,
+        model: ServedModel,
+        prompt: list[int],
+        max_length: int,
+        on_routed: Callable[[], None] | None = None,
     ) -> tuple[_Live, torch.Tensor] | None:
         """Re-attach the peer caches of the longest kept prefix of `prompt` and feed the rest
         of the prompt; None when nothing is kept (or the kept caches are gone)."""
@@ -411,7 +421,9 @@ class Engine:
         keep = reusable(kept, prompt)
         embedded = await self._embed(model, torch.tensor([prompt[keep:]]))
         try:
-            hidden = await session.start(embedded, resume=True, position=keep)
+            hidden = await session.start(
+                embedded, resume=True, position=keep, on_first_hop=on_routed
+            )
         except (WireError, OSError) as error:
             log.info("kept session %s is gone: %s", kept.session_id[:8], error)
             return None
@@ -451,19 +463,24 @@ class Engine:
         stops: Sequence[str],
         params: SamplingParams,
         usage: Usage,
+        on_routed: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[ChoiceDelta]]:
-        """Yield, after each decoding step, the deltas of the choices that changed."""
+        """Yield, after each decoding step, the deltas of the choices that changed.
+
+        `on_routed` is called (maybe more than once) when the first peer of a chain of several
+        has taken the session and computed its prompt: the request is served from there on
+        unless a later peer fails too (the caller may start its response meanwhile)."""
         head = model.head
         usage.prompt_tokens = len(prompt_ids)
         max_length = len(prompt_ids) + max_tokens
-        started = await self._resume(model, prompt_ids, max_length) if n == 1 else None
+        started = await self._resume(model, prompt_ids, max_length, on_routed) if n == 1 else None
         trace.mark("resume.looked", "", int(started is not None))
         if n == 1:
             self.metrics.prefix_lookup(model.name, started is not None)
         if started is None:
             embedded = await self._embed(model, torch.tensor([prompt_ids] * n))
             trace.mark("embedded")
-            session, hidden = await self._fresh(model, n, max_length, embedded)
+            session, hidden = await self._fresh(model, n, max_length, embedded, on_routed)
             live = _Live(session, list(prompt_ids) if n == 1 else [])
         else:
             live, hidden = started

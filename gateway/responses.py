@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -91,14 +92,40 @@ class Collected:
         return collected
 
 
-async def started(source: AsyncIterator[list[ChoiceDelta]]) -> AsyncIterator[list[ChoiceDelta]]:
-    """Run `source` up to its first item now (errors surface as HTTP errors), then replay it."""
-    first = await anext(source)
+async def started(
+    source: AsyncIterator[list[ChoiceDelta]], routed: asyncio.Event | None = None
+) -> AsyncIterator[list[ChoiceDelta]]:
+    """Run `source` up to its first item, or until `routed` is set, whichever comes first,
+    then replay it. Errors before that surface as HTTP errors (a real 503 when no chain can
+    serve); the response can start once the first peer of the chain took the request, so its
+    headers and opening chunk go out while the other peers compute."""
+
+    async def first_of() -> list[ChoiceDelta]:
+        return await anext(source)
+
+    first = asyncio.ensure_future(first_of())
+    try:
+        if routed is None:
+            await asyncio.wait([first])
+        else:
+            signal = asyncio.ensure_future(routed.wait())
+            try:
+                await asyncio.wait([first, signal], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                signal.cancel()
+    except BaseException:  # the request itself was cancelled
+        first.cancel()
+        raise
+    if first.done():
+        first.result()  # its error, before any answer
 
     async def replay() -> AsyncIterator[list[ChoiceDelta]]:
-        yield first
-        async for item in source:
-            yield item
+        try:
+            yield await first
+            async for item in source:
+                yield item
+        finally:
+            first.cancel()  # the client left before the first token: the generation ends
 
     return replay()
 

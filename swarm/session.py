@@ -137,7 +137,12 @@ class InferenceSession:
             self.length = self.resumed_length = lengths[0]
 
     async def start(
-        self, hidden: torch.Tensor, *, resume: bool = False, position: int = 0
+        self,
+        hidden: torch.Tensor,
+        *,
+        resume: bool = False,
+        position: int = 0,
+        on_first_hop: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """Open the session and send its first step: `hidden[batch, n, h]` at `position`.
 
@@ -145,7 +150,8 @@ class InferenceSession:
         an open round trip before the chain's steps), pushed from hop to hop like `step`'s.
         `resume` re-attaches the caches the peers kept for this session id and keeps their
         first `position` positions. On any failure the hops opened so far are closed and the
-        error is raised (no failover: the caller picks another chain).
+        error is raised (no failover: the caller picks another chain). `on_first_hop` is called
+        when the first of several hops has answered its open and step (hop by hop only).
         """
         self._links = []
         keep = self.keep_alive if resume else 0.0
@@ -154,7 +160,7 @@ class InferenceSession:
                 self._links = [self._attach(hop) for hop in self.route]
                 hidden = await self._pushed_step(hidden, position, opening=True, resume=resume)
             else:
-                hidden = await self._start_hop_by_hop(hidden, position, resume)
+                hidden = await self._start_hop_by_hop(hidden, position, resume, on_first_hop)
         except BaseException:
             await self.close(keep_alive=keep)
             raise
@@ -163,14 +169,20 @@ class InferenceSession:
         return hidden
 
     async def _start_hop_by_hop(
-        self, hidden: torch.Tensor, position: int, resume: bool
+        self,
+        hidden: torch.Tensor,
+        position: int,
+        resume: bool,
+        on_first_hop: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        for hop in self.route:
+        for index, hop in enumerate(self.route):
             link = self._attach(hop)
             self._links.append(link)
             output = await self._opened_with(link, resume, self._step_link(link, hidden, position))
             link.inputs.record(hidden, position)
             hidden = output
+            if index == 0 and on_first_hop is not None and len(self.route) > 1:
+                on_first_hop()
         return hidden
 
     def _attach(self, hop: Hop) -> _Link:

@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -305,3 +306,43 @@ def test_cpu_peers_and_head_take_compute_turns(up: Proc, client: openai.OpenAI) 
         os.close(fd)  # gives the turn back
     asking.join(120)
     assert replies and "Paris" in replies[0]
+
+
+def test_a_stream_starts_once_the_first_peer_took_it(up: Proc, client: openai.OpenAI) -> None:
+    """The response's headers and opening chunk go out while the later peers compute: with
+    the second peer stopped, the stream opens and says who speaks; its text comes after."""
+    (second,) = [
+        pid
+        for pid in _children(up)
+        if (line := Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"))
+        and "peer" in line
+        and not line[line.index("--blocks") + 1].startswith("0:")
+    ]
+    opened = threading.Event()
+    chunks: list[openai.types.chat.ChatCompletionChunk] = []
+
+    def ask() -> None:
+        stream = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=QUESTION,  # type: ignore[arg-type]
+            temperature=0,
+            max_tokens=16,
+            stream=True,
+        )
+        for chunk in stream:
+            chunks.append(chunk)
+            opened.set()
+
+    os.kill(second, signal.SIGSTOP)
+    try:
+        asking = threading.Thread(target=ask)
+        asking.start()
+        assert opened.wait(60), "no response while the second peer was stopped"
+        (opening,) = chunks  # nothing else can exist before the second peer computes
+        assert opening.choices[0].delta.role == "assistant"
+        assert not opening.choices[0].delta.content
+    finally:
+        os.kill(second, signal.SIGCONT)
+    asking.join(120)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from gateway import errors
 from gateway.engine import ChoiceDelta, Usage
-from gateway.responses import envelope, sse_events
+from gateway.responses import envelope, sse_events, started
 
 
 def chunk_choice(delta: ChoiceDelta) -> dict[str, Any]:
@@ -85,3 +88,92 @@ def test_a_failure_mid_stream_ends_with_an_error_event_then_done() -> None:
     error = json.loads(got[-2].removeprefix(b"data: "))
     assert error == errors.internal_error().body()  # OpenAI's error shape, nothing internal
     assert got[-1] == b"data: [DONE]\n\n"
+
+
+class Generation:
+    """A fake generation: signals `routed`, then waits for `release` before its first token."""
+
+    def __init__(self, fail_before_routed: bool = False, fail_after_routed: bool = False) -> None:
+        self.routed = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail_before_routed = fail_before_routed
+        self.fail_after_routed = fail_after_routed
+        self.ended = False
+
+    async def run(self) -> AsyncIterator[list[ChoiceDelta]]:
+        try:
+            await asyncio.sleep(0)
+            if self.fail_before_routed:
+                raise errors.unavailable("no chain", 5)
+            self.routed.set()
+            await self.release.wait()
+            if self.fail_after_routed:
+                raise errors.unavailable("the second peer failed", 5)
+            yield [ChoiceDelta(0, "a", token_ids=[1])]
+            yield [ChoiceDelta(0, "b", token_ids=[2])]
+        finally:
+            self.ended = True
+
+
+def test_started_returns_once_routed_and_replays_every_item() -> None:
+    async def main() -> list[str]:
+        generation = Generation()
+        replay = await started(generation.run(), generation.routed)
+        assert not generation.release.is_set()  # answered before the first token existed
+        generation.release.set()
+        return [d.text for deltas in [item async for item in replay] for d in deltas]
+
+    assert asyncio.run(main()) == ["a", "b"]
+
+
+def test_an_error_before_routing_is_raised_by_started() -> None:
+    async def main() -> None:
+        generation = Generation(fail_before_routed=True)
+        await started(generation.run(), generation.routed)
+
+    with pytest.raises(errors.APIError) as raised:
+        asyncio.run(main())
+    assert raised.value.status == 503
+
+
+def test_an_error_after_routing_comes_out_of_the_replay() -> None:
+    async def main() -> None:
+        generation = Generation(fail_after_routed=True)
+        replay = await started(generation.run(), generation.routed)
+        generation.release.set()
+        await anext(replay)
+
+    with pytest.raises(errors.APIError):
+        asyncio.run(main())
+
+
+def test_without_routing_started_waits_for_the_first_item() -> None:
+    async def main() -> bool:
+        generation = Generation()
+
+        async def release_soon() -> None:
+            await generation.routed.wait()
+            generation.release.set()
+
+        releaser = asyncio.ensure_future(release_soon())
+        replay = await started(generation.run())  # no event: the first item itself
+        await releaser
+        first = await anext(replay)
+        return first[0].text == "a"
+
+    assert asyncio.run(main())
+
+
+def test_a_replay_closed_before_the_first_token_ends_the_generation() -> None:
+    async def main() -> bool:
+        generation = Generation()
+        replay = await started(generation.run(), generation.routed)
+        consumer = asyncio.ensure_future(anext(replay))
+        await asyncio.sleep(0.01)
+        consumer.cancel()  # the client went away while the first token was computed
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await asyncio.sleep(0.01)
+        return generation.ended
+
+    assert asyncio.run(main())
