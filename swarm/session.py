@@ -151,7 +151,8 @@ class InferenceSession:
         `resume` re-attaches the caches the peers kept for this session id and keeps their
         first `position` positions. On any failure the hops opened so far are closed and the
         error is raised (no failover: the caller picks another chain). `on_first_hop` is called
-        when the first of several hops has answered its open and step (hop by hop only).
+        when the first of several hops has answered its open and step, once the second hop's
+        round is on its way (hop by hop only).
         """
         self._links = []
         keep = self.keep_alive if resume else 0.0
@@ -178,11 +179,12 @@ class InferenceSession:
         for index, hop in enumerate(self.route):
             link = self._attach(hop)
             self._links.append(link)
-            output = await self._opened_with(link, resume, self._step_link(link, hidden, position))
+            # the second hop's round going out means the first answered
+            sent = on_first_hop if index == 1 else None
+            step = self._step_link(link, hidden, position, sent)
+            output = await self._opened_with(link, resume, step)
             link.inputs.record(hidden, position)
             hidden = output
-            if index == 0 and on_first_hop is not None and len(self.route) > 1:
-                on_first_hop()
         return hidden
 
     def _attach(self, hop: Hop) -> _Link:
