@@ -310,7 +310,8 @@ def test_cpu_peers_and_head_take_compute_turns(up: Proc, client: openai.OpenAI) 
 
 def test_a_stream_starts_once_the_first_peer_took_it(up: Proc, client: openai.OpenAI) -> None:
     """The response's headers and opening chunk go out while the later peers compute: with
-    the second peer stopped, the stream opens and says who speaks; its text comes after."""
+    the second peer stopped (its round sent), the stream opens and says who speaks; its text
+    comes after."""
     (second,) = [
         pid
         for pid in _children(up)
@@ -333,6 +334,11 @@ def test_a_stream_starts_once_the_first_peer_took_it(up: Proc, client: openai.Op
             chunks.append(chunk)
             opened.set()
 
+    # the gateway's lanes to both peers are open (a round goes out to a stopped peer only
+    # over a connection that exists)
+    client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=QUESTION, temperature=0, max_tokens=1
+    )
     os.kill(second, signal.SIGSTOP)
     try:
         asking = threading.Thread(target=ask)
