@@ -74,7 +74,13 @@ def overhead(
             stream=True,
         )
         for chunk in stream:
-            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+            # the first token's chunk: its text, or the end of the reply when that token
+            # decodes to nothing (a random model's special or partial token)
+            if (
+                ttft is None
+                and chunk.choices
+                and (chunk.choices[0].delta.content or chunk.choices[0].finish_reason)
+            ):
                 ttft = time.perf_counter() - started
         assert ttft is not None, "the stream had no content chunk"
         compute = peer_compute_seconds(peer_urls) - before

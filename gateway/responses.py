@@ -145,7 +145,8 @@ async def sse_events(
     """SSE events in OpenAI's shape: chunks, the usage chunk if asked, then `[DONE]`.
 
     A failure mid-stream ends the stream with an error event in OpenAI's error shape.
-    `on_first_token` is called just before the first event that carries text is yielded. Events
+    `on_first_token` is called just before the first event after the opening is yielded (the
+    first token's text, or the reply's end when it has none). Events
     are encoded here (sse-starlette sends bytes as they are): the envelope, the same for every
     chunk, is serialized once and each chunk only adds its choices (a third of the cost of
     dumping the whole chunk, per token and stream).
@@ -169,7 +170,7 @@ async def sse_events(
         async for deltas in source:
             for delta in deltas:
                 if delta.text or delta.finish_reason:
-                    if on_first_token is not None and delta.text:
+                    if on_first_token is not None:
                         on_first_token()
                         on_first_token = None
                     yield event([choice(delta)])
