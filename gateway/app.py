@@ -56,6 +56,28 @@ async def tokenize(encode: Callable[[T], list[int]], prompt: T, chars: int) -> l
     return await run_in_threadpool(encode, prompt)
 
 
+def sse_response(
+    request: Request,
+    source: AsyncIterator[list[ChoiceDelta]],
+    body: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    choice: Callable[[ChoiceDelta], dict[str, Any]],
+    usage: Usage,
+    include_usage: bool,
+    opening: list[dict[str, Any]] | None = None,
+) -> EventSourceResponse:
+    """A streamed answer whose first token is timed by the access log."""
+    events = sse_events(
+        source,
+        body,
+        choice,
+        usage,
+        include_usage,
+        opening,
+        on_first_token=access_record(request).token_next,
+    )
+    return EventSourceResponse(events, sep="\n", ping=15)
+
+
 def create_app(
     engine: Engine,
     api_keys: Sequence[str] = (),
@@ -250,16 +272,9 @@ def create_app(
                 }
                 for i in range(n)
             ]
-            events = sse_events(
-                first,
-                chunk_body,
-                chunk_choice,
-                usage,
-                body.include_usage,
-                opening,
-                on_first_token=access_record(request).token_next,
+            return sse_response(
+                request, first, chunk_body, chunk_choice, usage, body.include_usage, opening
             )
-            return EventSourceResponse(events, sep="\n", ping=15)
         source = run_choices(model, prompt, n, max_tokens, stop, params, usage)
         done = await Collected.of(source, n)
         return {
@@ -323,15 +338,7 @@ def create_app(
                     "finish_reason": delta.finish_reason,
                 }
 
-            events = sse_events(
-                first,
-                chunk_body,
-                chunk_choice,
-                usage,
-                body.include_usage,
-                on_first_token=access_record(request).token_next,
-            )
-            return EventSourceResponse(events, sep="\n", ping=15)
+            return sse_response(request, first, chunk_body, chunk_choice, usage, body.include_usage)
         choices: list[dict[str, Any]] = []
         total = Usage()
         access_record(request).note(model.name, total, False)
