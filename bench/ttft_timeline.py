@@ -91,14 +91,18 @@ def segments(events: list[Event], sent: float, first: float) -> dict[str, float]
     compute = sum(b - a for a, b in zip(starts, ends, strict=False))
     head = at("head.end") - at("head.start")
     token = at("http.token")
+    # the chain's last answer: the last reply before the head pass (opens answer early)
+    last_reply = max(
+        t for t, r, e in mine if r == "gateway" and e == "round.reply" and t < at("head.start")
+    )
     parts = {
         "client send -> gateway sees it": at("http.start") - sent,
         "framework -> handler": at("handler") - at("http.start"),
         "handler -> tokenized": at("tokenized") - at("handler"),
         "tokenized -> first round sent": at("round.send") - at("tokenized"),
-        "two hops, minus the peers' compute": at("round.reply", 2) - at("round.send") - compute,
+        "two hops, minus the peers' compute": last_reply - at("round.send") - compute,
         "peers' compute": compute,
-        "last reply -> head pass": at("head.start") - at("round.reply", 2),
+        "last reply -> head pass": at("head.start") - last_reply,
         "head pass": head,
         "head pass -> first token sent": token - at("head.end"),
         "first token sent -> client has it": first - token,

@@ -104,6 +104,7 @@ async def started(
         return await anext(source)
 
     first = asyncio.ensure_future(first_of())
+    first.add_done_callback(_retrieved)  # a stream closed before its replay began never awaits it
     try:
         if routed is None:
             await asyncio.wait([first])
@@ -128,6 +129,11 @@ async def started(
             first.cancel()  # the client left before the first token: the generation ends
 
     return replay()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 ChunkBody = Callable[[list[dict[str, Any]]], dict[str, Any]]

@@ -24,6 +24,8 @@ from swarm.blocks import Span
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.threads import compute_thread
 
+TIMER_GRAIN = 0.001  # seconds: the shortest sleep the event loop's timers honour (uvloop)
+
 
 @dataclass
 class _Group:
@@ -230,9 +232,14 @@ class StepScheduler:
         """
         if self.window <= 0 or self.active is None:
             return
-        deadline = loop.time() + self.window
-        while self.queue_length < self.active() and loop.time() < deadline:
-            await asyncio.sleep(self.window / 8)
+        # perf_counter, not loop.time(): uvloop's clock and timers have a 1 ms grain, and a
+        # shorter sleep there returns at once (a 2 ms GPU window spun ~1000 times)
+        deadline = time.perf_counter() + self.window
+        while self.queue_length < self.active():
+            left = deadline - time.perf_counter()
+            if left < TIMER_GRAIN:
+                return
+            await asyncio.sleep(min(max(self.window / 8, TIMER_GRAIN), left))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

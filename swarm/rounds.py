@@ -42,6 +42,7 @@ MAX_CLIENT_PASS = 0.1  # seconds: a longer pass of the client counts as this
 CLIENT_PASS_DECAY = 0.95  # per pass, so that one slow pass is soon forgotten
 ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
 LANE_RETRY = 60.0  # seconds a peer whose lane failed is served over libp2p streams
+TIMER_GRAIN = 0.001  # seconds: the shortest wait the event loop's timers honour (uvloop)
 
 Reply = tuple[dict[str, Any], torch.Tensor | None]
 
@@ -232,8 +233,10 @@ class PeerChannel:
             if now >= deadline or not self._missing(now):
                 return
             self._wake.clear()
+            # uvloop's timers have a 1 ms grain (a shorter one fires at once: a spin)
+            wait = max(TIMER_GRAIN, min(deadline - now, self._patience() / 4))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(deadline - now, self._patience() / 4)):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
 
     def close_session_soon(self, session: str, keep_alive: float = 0.0) -> None:

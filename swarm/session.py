@@ -150,9 +150,10 @@ class InferenceSession:
         an open round trip before the chain's steps), pushed from hop to hop like `step`'s.
         `resume` re-attaches the caches the peers kept for this session id and keeps their
         first `position` positions. On any failure the hops opened so far are closed and the
-        error is raised (no failover: the caller picks another chain). `on_first_hop` is called
-        when the first of several hops has answered its open and step, once the second hop's
-        round is on its way (hop by hop only).
+        error is raised (no failover: the caller picks another chain). With `on_first_hop`, the
+        later hops are opened at once, beside the first hop's round, and `on_first_hop` is
+        called when the first of several hops has answered its open and step, every later hop
+        its open, and the second hop's step is on its way (hop by hop only).
         """
         self._links = []
         keep = self.keep_alive if resume else 0.0
@@ -176,15 +177,37 @@ class InferenceSession:
         resume: bool,
         on_first_hop: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        for index, hop in enumerate(self.route):
-            link = self._attach(hop)
-            self._links.append(link)
-            # the second hop's round going out means the first answered
-            sent = on_first_hop if index == 1 else None
-            step = self._step_link(link, hidden, position, sent)
-            output = await self._opened_with(link, resume, step)
-            link.inputs.record(hidden, position)
-            hidden = output
+        if on_first_hop is None or len(self.route) < 2:
+            for hop in self.route:
+                link = self._attach(hop)
+                self._links.append(link)
+                step = self._step_link(link, hidden, position)
+                output = await self._opened_with(link, resume, step)
+                link.inputs.record(hidden, position)
+                hidden = output
+            return hidden
+        # the later hops' opens go out at once, beside the first hop's round: a refusal (a busy
+        # peer, a kept cache gone) is known before the caller hears that the chain took the
+        # request; their steps follow hop by hop
+        self._links = [self._attach(hop) for hop in self.route]
+        later = [asyncio.ensure_future(self._open_link(link, resume)) for link in self._links[1:]]
+        for task in later:
+            task.add_done_callback(_retrieved)
+        try:
+            for index, link in enumerate(self._links):
+                if index == 0:
+                    step = self._step_link(link, hidden, position)
+                    output = await self._opened_with(link, resume, step)
+                    await asyncio.gather(*later)  # every later hop took the session
+                else:
+                    # the second hop's round going out: the caller may answer its client
+                    sent = on_first_hop if index == 1 else None
+                    output = await self._step_link(link, hidden, position, sent)
+                link.inputs.record(hidden, position)
+                hidden = output
+        finally:
+            for task in later:
+                task.cancel()  # a failure left some in flight: `close` ends them at the peers
         return hidden
 
     def _attach(self, hop: Hop) -> _Link:
@@ -488,6 +511,12 @@ class InferenceSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's error as seen (its awaiter may be gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def spans_cover(hops: Sequence[Hop], start: int, end: int) -> bool:
