@@ -479,7 +479,6 @@ class Engine:
             self.metrics.prefix_lookup(model.name, started is not None)
         if started is None:
             embedded = await self._embed(model, torch.tensor([prompt_ids] * n))
-            trace.mark("embedded")
             session, hidden = await self._fresh(model, n, max_length, embedded, on_routed)
             live = _Live(session, list(prompt_ids) if n == 1 else [])
         else:
@@ -510,8 +509,6 @@ class Engine:
                     if not choice.done and pick is not None
                 ]
                 usage.completion_tokens += sum(len(d.token_ids) for d in deltas)
-                if index == 0:
-                    trace.mark("picked")
                 if all(choice.done for choice in choices):
                     finished = True
                     yield deltas

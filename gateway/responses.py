@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import errors
 from gateway.engine import ChoiceDelta, TokenLogprob, Usage
+from swarm.event_loop import retrieved
 
 FINGERPRINT = "swarmgate-0.1.0"
 
@@ -104,19 +105,17 @@ async def started(
         return await anext(source)
 
     first = asyncio.ensure_future(first_of())
-    first.add_done_callback(_retrieved)  # a stream closed before its replay began never awaits it
+    first.add_done_callback(retrieved)  # a stream closed before its replay began never awaits it
+    signal = asyncio.ensure_future(routed.wait()) if routed is not None else None
     try:
-        if routed is None:
-            await asyncio.wait([first])
-        else:
-            signal = asyncio.ensure_future(routed.wait())
-            try:
-                await asyncio.wait([first, signal], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                signal.cancel()
+        waits = [first] if signal is None else [first, signal]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # the request itself was cancelled
         first.cancel()
         raise
+    finally:
+        if signal is not None:
+            signal.cancel()
     if first.done():
         first.result()  # its error, before any answer
 
@@ -129,11 +128,6 @@ async def started(
             first.cancel()  # the client left before the first token: the generation ends
 
     return replay()
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 ChunkBody = Callable[[list[dict[str, Any]]], dict[str, Any]]

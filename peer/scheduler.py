@@ -22,9 +22,8 @@ from peer.sessions import Session
 from swarm import trace
 from swarm.blocks import Span
 from swarm.compute_turns import NO_TURNS, ComputeTurns
+from swarm.event_loop import TIMER_GRAIN
 from swarm.threads import compute_thread
-
-TIMER_GRAIN = 0.001  # seconds: the shortest sleep the event loop's timers honour (uvloop)
 
 
 @dataclass
@@ -223,7 +222,7 @@ class StepScheduler:
         trace.mark("compute.end", "", len(items))
         return [results[i] for i in range(len(items))]
 
-    async def _gather_window(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _gather_window(self) -> None:
         """Wait up to `window` seconds while fewer steps are queued than sessions are decoding.
 
         Steps of concurrent sessions reach a peer one by one (each comes back from the client
@@ -232,7 +231,7 @@ class StepScheduler:
         """
         if self.window <= 0 or self.active is None:
             return
-        # perf_counter, not loop.time(): uvloop's clock and timers have a 1 ms grain, and a
+        # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds, and a
         # shorter sleep there returns at once (a 2 ms GPU window spun ~1000 times)
         deadline = time.perf_counter() + self.window
         while self.queue_length < self.active():
@@ -247,7 +246,7 @@ class StepScheduler:
             if not self._deferred:
                 first = await self._queue.get()
                 self._deferred.append(first)
-            await self._gather_window(loop)
+            await self._gather_window()
             # the machine's turn first (waited for off the loop), then the batch: steps that
             # arrive while another process computes join it
             await self.turns.take()

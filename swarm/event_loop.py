@@ -14,6 +14,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# seconds: the shortest wait uvloop's timers honour (its clock moves in whole milliseconds, and
+# a shorter timer fires at once): polling waits sleep at least this long instead of spinning
+TIMER_GRAIN = 0.001
+
+
+def retrieved(task: asyncio.Future[Any]) -> None:
+    """A done-callback that marks a background task's error as seen (its awaiter may be gone,
+    and asyncio would log "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop constructor, or None for asyncio's default loop."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from swarm import trace
+from swarm.event_loop import TIMER_GRAIN
 from swarm.lanes import LaneStream, open_lane
 from swarm.p2p import FrameStream, P2PNode
 from swarm.p2p.bridge import as_wire_error
@@ -42,7 +43,6 @@ MAX_CLIENT_PASS = 0.1  # seconds: a longer pass of the client counts as this
 CLIENT_PASS_DECAY = 0.95  # per pass, so that one slow pass is soon forgotten
 ROUND_TIMEOUT = 120.0  # seconds a peer may take to answer a round (a long prefill on a CPU)
 LANE_RETRY = 60.0  # seconds a peer whose lane failed is served over libp2p streams
-TIMER_GRAIN = 0.001  # seconds: the shortest wait the event loop's timers honour (uvloop)
 
 Reply = tuple[dict[str, Any], torch.Tensor | None]
 

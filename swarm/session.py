@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from swarm.event_loop import retrieved
 from swarm.p2p import P2PError, P2PNode
 from swarm.protocol import op_header
 from swarm.rounds import Channels, PeerChannel, channels_of
@@ -177,32 +178,31 @@ class InferenceSession:
         resume: bool,
         on_first_hop: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        if on_first_hop is None or len(self.route) < 2:
-            for hop in self.route:
-                link = self._attach(hop)
-                self._links.append(link)
-                step = self._step_link(link, hidden, position)
-                output = await self._opened_with(link, resume, step)
-                link.inputs.record(hidden, position)
-                hidden = output
-            return hidden
-        # the later hops' opens go out at once, beside the first hop's round: a refusal (a busy
-        # peer, a kept cache gone) is known before the caller hears that the chain took the
-        # request; their steps follow hop by hop
-        self._links = [self._attach(hop) for hop in self.route]
-        later = [asyncio.ensure_future(self._open_link(link, resume)) for link in self._links[1:]]
-        for task in later:
-            task.add_done_callback(_retrieved)
+        # with `on_first_hop`, the later hops' opens go out at once, beside the first hop's
+        # round: a refusal (a busy peer, a kept cache gone) is known before the caller hears
+        # that the chain took the request; otherwise each hop's open rides with its step
+        early = on_first_hop is not None and len(self.route) > 1
+        later: list[asyncio.Task[int]] = []
+        if early:
+            self._links = [self._attach(hop) for hop in self.route]
+            opens = (self._open_link(link, resume) for link in self._links[1:])
+            later = [asyncio.ensure_future(open_) for open_ in opens]
+            for task in later:
+                task.add_done_callback(retrieved)
         try:
-            for index, link in enumerate(self._links):
-                if index == 0:
-                    step = self._step_link(link, hidden, position)
+            for index, hop in enumerate(self.route):
+                if early:
+                    link = self._links[index]
+                else:
+                    link = self._attach(hop)
+                    self._links.append(link)
+                # the second hop's round going out: the caller may answer its client
+                step = self._step_link(link, hidden, position, on_first_hop if index == 1 else None)
+                if early and index > 0:
+                    output = await step
+                else:
                     output = await self._opened_with(link, resume, step)
                     await asyncio.gather(*later)  # every later hop took the session
-                else:
-                    # the second hop's round going out: the caller may answer its client
-                    sent = on_first_hop if index == 1 else None
-                    output = await self._step_link(link, hidden, position, sent)
                 link.inputs.record(hidden, position)
                 hidden = output
         finally:
@@ -511,12 +511,6 @@ class InferenceSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """Mark a background task's error as seen (its awaiter may be gone)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def spans_cover(hops: Sequence[Hop], start: int, end: int) -> bool:

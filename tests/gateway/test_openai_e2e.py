@@ -348,3 +348,12 @@ def test_a_stream_starts_while_the_later_peers_compute(up: Proc, client: openai.
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
     assert head_passes() > before
+
+
+def test_gateway_and_peers_run_on_uvloop(up: Proc) -> None:
+    """Every process of the swarm loaded uvloop's loop (`swarm.event_loop`)."""
+    pids = [up.popen.pid, *_children(up)]
+    assert len(pids) == 3
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "uvloop/loop." in maps, f"process {pid} has no uvloop"
