@@ -8,7 +8,12 @@ round's send, both hops (their messaging apart from the peers' compute), the hea
 response's first token handed to the server, and that chunk reaching the client. The sums at
 the end: what is not model compute, seen by the client and by the gateway.
 
-    python bench/ttft_timeline.py [--gpu] [--requests 25]
+    python bench/ttft_timeline.py [--gpu] [--requests 25] [--gap 0.2] [--steps] [--up FLAG ...]
+
+`--steps`: also the median time from each event to the next, along the request's path (the
+peers' events included), for a finer breakdown than the segments. `--up`: flags for `up`, in
+one string (e.g. `--up="--busy-poll off"`). The table goes to $OUT/ttft_timeline.json too
+(default bench-out/).
 
 `--gpu`: `random:llama-3-8b` in bf16 on CUDA, as `bench/gpu.py` runs it.
 """
@@ -17,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import openai
@@ -36,11 +43,14 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 Event = tuple[float, str, str]  # (time, process role, event)
 
 
-def run(folder: Path, requests: int, gpu: bool) -> list[tuple[float, float]]:
-    """(sent, first chunk) client times of each request, on the machine's monotonic clock."""
+def run(
+    folder: Path, requests: int, gpu: bool, gap: float = 0.2, extra: Sequence[str] = ()
+) -> list[tuple[float, float]]:
+    """(sent, first chunk) client times of each request, on the machine's monotonic clock;
+    `gap`: seconds the client idles between requests; `extra`: more `up` flags."""
     flags = GPU_FLAGS if gpu else []
     proc = start(
-        ["up", "--port", "0", "--peers", "2", *flags],
+        ["up", "--port", "0", "--peers", "2", *flags, *extra],
         "GATEWAY_READY ",
         timeout=900,
         env={"SWARMGATE_TRACE": str(folder)},
@@ -62,7 +72,7 @@ def run(folder: Path, requests: int, gpu: bool) -> list[tuple[float, float]]:
                     first = time.perf_counter()
             assert first is not None
             times.append((sent, first))
-            time.sleep(0.2)
+            time.sleep(gap)
     finally:
         proc.stop(timeout=60)
     return times
@@ -112,25 +122,47 @@ def segments(events: list[Event], sent: float, first: float) -> dict[str, float]
     return {k: v * 1e3 for k, v in parts.items()}
 
 
+def steps(events: list[Event], times: list[tuple[float, float]]) -> list[tuple[str, float, int]]:
+    """The median time from each event to the next, at each place of the requests' event
+    sequence where most requests have the same pair of events (the request's send first)."""
+    gaps: dict[tuple[int, str, str], list[float]] = {}
+    for sent, first in times:
+        mine = [(t, f"{r}:{e}") for t, r, e in events if sent <= t <= first + 0.003]
+        previous = (sent, "client:send")
+        for place, (t, name) in enumerate(mine):
+            gaps.setdefault((place, previous[1], name), []).append((t - previous[0]) * 1e3)
+            previous = (t, name)
+    common = [(k, v) for k, v in sorted(gaps.items()) if len(v) > len(times) // 2]
+    return [(f"{a} -> {b}", statistics.median(v), len(v)) for (_, a, b), v in common]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--requests", type=int, default=25)
+    parser.add_argument("--gap", type=float, default=0.2, help="seconds between requests")
+    parser.add_argument("--steps", action="store_true", help="also every event to the next")
+    parser.add_argument("--up", default="", help="more `swarmgate up` flags, in one string")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ttft-trace-"))
     try:
-        times = run(folder, args.requests, args.gpu)
+        times = run(folder, args.requests, args.gpu, args.gap, args.up.split())
         events = load(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    rows = [segments(events, sent, first) for sent, first in times[3:]]  # after warm-up
+    times = times[3:]  # after warm-up
+    if args.steps:
+        print(f"\n{'event -> next event':64} {'p50 ms':>8} {'n':>4}")
+        for name, p50, n in steps(events, times):
+            print(f"{name:64} {p50:>8.3f} {n:>4}")
+    rows = [segments(events, sent, first) for sent, first in times]
     print(f"\n{'segment':40} {'p50 ms':>8} {'mean ms':>8}")
     table = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
         table[name] = {"p50": statistics.median(values), "mean": statistics.mean(values)}
         print(f"{name:40} {table[name]['p50']:>8.2f} {table[name]['mean']:>8.2f}")
-    out = ROOT / "bench-out"
+    out = Path(os.environ.get("OUT", ROOT / "bench-out"))
     out.mkdir(exist_ok=True)
     (out / "ttft_timeline.json").write_text(json.dumps(table, indent=1))
 

@@ -20,7 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from swarm import trace
+from swarm import busy_poll, trace
 
 log = logging.getLogger("swarmgate.access")
 
@@ -95,6 +95,7 @@ class AccessLog:
             return
         began = time.perf_counter()
         trace.mark("http.start")
+        busy_poll.poke()  # the request's messages to the peers follow at once
         record = AccessRecord(request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)))
         scope.setdefault("state", {})[STATE_KEY] = record
         status = 500  # what the client gets if the app raises before answering

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from gateway.server import GatewayConfig, run_gateway
-from swarm import event_loop
+from swarm import busy_poll, event_loop
 from swarm.logs import setup_logging
 from swarm.models import DEFAULT_MODEL
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         stream_after_send=stream_after_send(args),
         head_graphs=args.head_graphs,
         compute_turns=args.compute_turns,
+        busy_poll=busy_poll.wanted(args.busy_poll, args.device),
     )
 
     def ready(url: str) -> None:
@@ -97,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_stream_after_send(parser)
     parser.add_argument("--log-level", default=None)
+    busy_poll.add_busy_poll_flag(parser)
     parser.set_defaults(func=run)
 
 

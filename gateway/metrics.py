@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from swarm import busy_poll
+
 if TYPE_CHECKING:
     from gateway.engine import ChoiceDelta, Engine, Usage
 
@@ -82,6 +84,11 @@ class SwarmCollector(Collector):
         yield ops
         yield streams
         yield lanes
+        yield CounterMetricFamily(
+            "swarmgate_busy_poll_seconds",
+            "Seconds the gateway's event loop was kept awake polling (--busy-poll)",
+            value=busy_poll.seconds(),
+        )
 
 
 class GatewayMetrics:

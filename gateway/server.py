@@ -22,7 +22,7 @@ from gateway.app import create_app
 from gateway.engine import Engine, ServedModel
 from gateway.keys import KeyGuard
 from gateway.store import MemoryStore, RedisStore, SessionStore
-from swarm import trace
+from swarm import busy_poll, trace
 from swarm.compute_turns import ComputeTurns
 from swarm.head import Head
 from swarm.models import load_weights
@@ -61,6 +61,7 @@ class GatewayConfig:
     # a file shared by the processes that compute on this machine's CPU cores: the head
     # passes take turns with them (swarm.compute_turns; `swarmgate up` passes its own)
     compute_turns: str | None = None
+    busy_poll: bool = False  # the loop stays awake after each message (swarm.busy_poll)
 
 
 def load_served_model(name: str, device: str = "cpu", head_graphs: bool = True) -> ServedModel:
@@ -87,6 +88,8 @@ async def _refresh_loop(view: SwarmView, period: float) -> None:
 async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> int:
     trace.start("gateway")
     loop = asyncio.get_running_loop()
+    if config.busy_poll:
+        busy_poll.enable()
     models = [
         await loop.run_in_executor(None, load_served_model, name, config.device, config.head_graphs)
         for name in config.models
@@ -143,6 +146,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         await guard.close()
         with contextlib.suppress(Exception):
             await node.stop()
+        busy_poll.disable()
     return 0
 
 

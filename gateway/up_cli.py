@@ -24,7 +24,7 @@ from gateway.cli import (
     stream_after_send,
 )
 from gateway.server import GatewayConfig, run_gateway
-from swarm import event_loop
+from swarm import busy_poll, event_loop
 from swarm.generate_cli import even_bounds
 from swarm.logs import quiet_third_party_logs, setup_logging
 from swarm.main_thread import add_compute_flag
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     extra += [] if args.lanes else ["--no-lanes"]
     extra += [] if args.compile else ["--no-compile"]
     extra += [] if args.pack else ["--no-pack"]
-    extra += ["--compute", args.compute]
+    extra += ["--compute", args.compute, "--busy-poll", args.busy_poll]
     # the peers and the head share this machine's cores: on a CPU they compute in turns
     turns = str(workdir / "compute.turns") if args.compute_turns and args.device == "cpu" else None
     if turns:
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             rounds_in_flight=args.rounds_in_flight,
             head_graphs=args.head_graphs,
             compute_turns=turns,
+            busy_poll=busy_poll.wanted(args.busy_poll, args.device),
         )
 
         def announce(url: str) -> None:
@@ -216,5 +217,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cores (default: one at a time, see swarm/compute_turns.py)",
     )
     add_compute_flag(parser)
+    busy_poll.add_busy_poll_flag(parser)
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from peer.quant import QUANT_MODES
 from peer.server import PeerConfig, PeerServer
-from swarm import trace
+from swarm import busy_poll, trace
 from swarm.logs import setup_logging
 from swarm.main_thread import (
     MainThreadExecutor,
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         pack=args.pack,
         compute_turns=args.compute_turns,
         batch_window=None if args.batch_window_ms is None else args.batch_window_ms / 1000,
+        busy_poll=busy_poll.wanted(args.busy_poll, args.device),
     )
     inline = compute_mode(args.compute, args.device) == "inline"
     runner = run_async_inline if inline else run_async_with_compute
@@ -159,5 +160,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lane-port", type=int, default=0, help="TCP port for lanes, on --listen's host (0: any)"
     )
     add_compute_flag(parser)
+    busy_poll.add_busy_poll_flag(parser)
     parser.add_argument("--log-level", default=None)
     parser.set_defaults(func=run)

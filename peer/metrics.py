@@ -19,6 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from swarm import busy_poll
+
 if TYPE_CHECKING:
     from peer.handlers import PeerState
 
@@ -82,6 +84,11 @@ class PeerCollector(Collector):
             yield CounterMetricFamily(name, doc, value=info["counters"][key])
         for name, doc, key in GAUGES:
             yield GaugeMetricFamily(name, doc, value=info[key])
+        yield CounterMetricFamily(
+            "swarmgate_peer_busy_poll_seconds",
+            "Seconds the peer's event loop was kept awake polling (--busy-poll)",
+            value=busy_poll.seconds(),
+        )
 
 
 class PeerMetrics:

@@ -34,6 +34,7 @@ from peer.scheduler import StepScheduler
 from peer.selection import ServedSpan, better_start, choose_start
 from peer.sessions import SessionTable
 from peer.throughput import measure_throughput
+from swarm import busy_poll
 from swarm.announce import Announcer
 from swarm.blocks import Span
 from swarm.compute_turns import ComputeTurns
@@ -90,6 +91,7 @@ class PeerConfig:
     # a file shared by the processes that compute on this machine's cores: they take turns
     # (swarm.compute_turns; `swarmgate up` passes its own); None: the cores are ours
     compute_turns: str | None = None
+    busy_poll: bool = False  # the loop stays awake after each message (swarm.busy_poll)
 
 
 def peer_wire_limits(hidden_size: int) -> WireLimits:
@@ -144,6 +146,8 @@ class PeerServer:
     async def start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
+        if config.busy_poll:
+            busy_poll.enable()
         self.weights = weights = await loop.run_in_executor(None, load_weights, config.model)
         spec = await loop.run_in_executor(None, spec_of, weights)
         self._model_record = ModelRecord(
@@ -404,6 +408,7 @@ class PeerServer:
         return True
 
     async def stop(self) -> None:
+        busy_poll.disable()
         if self.metrics is not None:
             await self.metrics.close()
         for task in self._tasks:

@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidTag
 from noise.connection import NoiseConnection
 from noise.exceptions import NoiseInvalidMessage
 
+from swarm import busy_poll
 from swarm.p2p import FrameStream, P2PNode, StreamClosedError, StreamResetError
 from swarm.p2p.stream import ReceivedFrames
 from swarm.wire import (
@@ -171,6 +172,7 @@ class LaneStream(ReceivedFrames):
                     ) from None
                 if frame is None:
                     break
+                busy_poll.poke()  # the answer (or the next message) follows shortly
                 await self._queue.put(frame)
         except asyncio.CancelledError:
             end = StreamClosedError("stream closed locally")
@@ -235,6 +237,7 @@ class LaneStream(ReceivedFrames):
     async def send(self, header: Mapping[str, Any], tensors: Sequence[torch.Tensor] = ()) -> None:
         if self._closed or self._writer.is_closing():
             raise StreamClosedError("stream closed locally")
+        busy_poll.poke()  # its answer is on its way soon
         await self._send_parts(encode_frame(header, tensors, self.limits))
 
     async def send_raw(self, data: bytes) -> None:

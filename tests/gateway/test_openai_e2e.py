@@ -357,3 +357,17 @@ def test_gateway_and_peers_run_on_uvloop(up: Proc) -> None:
     for pid in pids:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "uvloop/loop." in maps, f"process {pid} has no uvloop"
+
+
+def test_a_cpu_swarm_does_not_busy_poll(up: Proc, client: openai.OpenAI) -> None:
+    """`--busy-poll auto` (the default) leaves the loops of a CPU swarm asleep between
+    messages: the spinning would take the cores the model computes on."""
+    client.chat.completions.create(
+        model=str(up.ready["model"]),
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=2,
+    )
+    metrics = httpx.get(f"{up.ready['url']}/metrics", timeout=10).text
+    assert "swarmgate_busy_poll_seconds_total 0.0" in metrics
+    for line in _peer_command_lines(up):
+        assert line[line.index("--busy-poll") + 1] == "auto"

@@ -1,0 +1,92 @@
+"""Busy polling (`swarm.busy_poll`): the loop spins for its window after a poke, then sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from swarm import busy_poll, event_loop
+
+
+def _loop_cpu_seconds(armed: bool, window: float, wait: float) -> float:
+    """CPU time the loop's thread used while it awaited `wait` seconds (poked first if armed)."""
+
+    async def main() -> float:
+        poll = busy_poll.enable(window)
+        try:
+            if armed:
+                busy_poll.poke()
+            began = time.thread_time()
+            await asyncio.sleep(wait)
+            return time.thread_time() - began
+        finally:
+            assert poll is busy_poll.current()
+            busy_poll.disable()
+
+    return event_loop.run(main())
+
+
+def test_a_poked_loop_spins_instead_of_sleeping() -> None:
+    # a sleeping loop uses next to no CPU while it waits; a spinning one uses the thread's
+    # core for the whole wait (less whatever the machine's other work takes of it)
+    idle = _loop_cpu_seconds(armed=False, window=1.0, wait=0.2)
+    spinning = _loop_cpu_seconds(armed=True, window=1.0, wait=0.2)
+    assert idle < 0.02
+    assert spinning > 0.05
+
+
+def test_spinning_stops_after_the_window_and_counts_its_time() -> None:
+    async def main() -> tuple[bool, bool, float, float]:
+        poll = busy_poll.enable(window=0.03)
+        try:
+            poll.poke()
+            during = poll.spinning
+            await asyncio.sleep(0.01)
+            poll.poke()  # re-arms: the spell lasts 30 ms from here
+            await asyncio.sleep(0.15)
+            cpu = time.thread_time()
+            await asyncio.sleep(0.1)
+            return during, poll.spinning, poll.seconds, time.thread_time() - cpu
+        finally:
+            busy_poll.disable()
+
+    during, after, armed, idle_cpu = event_loop.run(main())
+    assert during and not after
+    assert 0.035 <= armed < 0.14  # one spell: 10 ms, then 30 ms from the second poke
+    assert idle_cpu < 0.02  # asleep again
+
+
+def test_poke_without_enable_does_nothing() -> None:
+    async def main() -> float:
+        busy_poll.poke()
+        began = time.thread_time()
+        await asyncio.sleep(0.1)
+        return time.thread_time() - began
+
+    assert busy_poll.current() is None
+    assert event_loop.run(main()) < 0.02
+    assert busy_poll.seconds() == 0.0
+
+
+def test_a_poke_after_the_loop_closed_is_ignored() -> None:
+    loop = asyncio.new_event_loop()
+    poll = busy_poll.BusyPoll(loop, window=0.01)
+    loop.close()
+    poll.poke()  # e.g. a lane's last frame while the process shuts down: no error
+    assert not poll.spinning
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "on"),
+    [
+        ("auto", "cuda", True),
+        ("auto", "cuda:1", True),
+        ("auto", "cpu", False),
+        ("on", "cpu", True),
+        ("off", "cuda", False),
+    ],
+)
+def test_auto_busy_polls_gpu_processes_only(choice: str, device: str, on: bool) -> None:
+    assert busy_poll.wanted(choice, device) is on
