@@ -26,7 +26,7 @@ from gateway.routing import Bans, find_route
 from gateway.sampling import SampledToken, Sampler, SamplingParams
 from gateway.stops import StopMatcher
 from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
-from swarm import trace
+from swarm import busy_poll, trace
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.head import Head
 from swarm.models import Weights
@@ -275,7 +275,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         await self.turns.take()  # waited for off the loop and off the head's one thread
         try:
-            result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
+            with busy_poll.paused():  # the head's thread needs the GIL
+                result: torch.Tensor = await loop.run_in_executor(self._head_pool, fn, *args)  # type: ignore[arg-type]
         finally:
             self.turns.release()
         return result

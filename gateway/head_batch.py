@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from gateway.sampling import argmax_rows
-from swarm import trace
+from swarm import busy_poll, trace
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -148,9 +148,10 @@ class HeadBatcher:
                     if not batch:
                         continue
                     try:
-                        outs, seconds = await loop.run_in_executor(
-                            self._executor, self._pass, batch
-                        )
+                        with busy_poll.paused():  # the head's thread needs the GIL
+                            outs, seconds = await loop.run_in_executor(
+                                self._executor, self._pass, batch
+                            )
                     except Exception as error:
                         for waiting in batch:
                             if not waiting.future.done():

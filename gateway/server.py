@@ -88,8 +88,7 @@ async def _refresh_loop(view: SwarmView, period: float) -> None:
 async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | None = None) -> int:
     trace.start("gateway")
     loop = asyncio.get_running_loop()
-    if config.busy_poll:
-        busy_poll.enable()
+    poll = busy_poll.enable() if config.busy_poll else None
     models = [
         await loop.run_in_executor(None, load_served_model, name, config.device, config.head_graphs)
         for name in config.models
@@ -146,7 +145,8 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         await guard.close()
         with contextlib.suppress(Exception):
             await node.stop()
-        busy_poll.disable()
+        if poll is not None:
+            busy_poll.disable(poll)
     return 0
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peer.sessions import Session
-from swarm import trace
+from swarm import busy_poll, trace
 from swarm.blocks import Span
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.event_loop import TIMER_GRAIN
@@ -255,7 +255,8 @@ class StepScheduler:
                 if not items:
                     continue
                 self._computing = items
-                results = await loop.run_in_executor(self._executor, self._compute, items)
+                with busy_poll.paused():  # a compute thread needs the GIL
+                    results = await loop.run_in_executor(self._executor, self._compute, items)
             finally:
                 self.turns.release()
             self._computing = []

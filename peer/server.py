@@ -136,6 +136,7 @@ class PeerServer:
         self.pusher: Pusher | None = None
         self.view: SwarmView | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._busy_poll: busy_poll.BusyPoll | None = None  # while --busy-poll is on
         self._model_record: ModelRecord | None = None
         self.metrics = PeerMetrics(lambda: self.state) if config.metrics_port is not None else None
 
@@ -147,7 +148,7 @@ class PeerServer:
         config = self.config
         loop = asyncio.get_running_loop()
         if config.busy_poll:
-            busy_poll.enable()
+            self._busy_poll = busy_poll.enable()
         self.weights = weights = await loop.run_in_executor(None, load_weights, config.model)
         spec = await loop.run_in_executor(None, spec_of, weights)
         self._model_record = ModelRecord(
@@ -408,7 +409,8 @@ class PeerServer:
         return True
 
     async def stop(self) -> None:
-        busy_poll.disable()
+        if self._busy_poll is not None:
+            busy_poll.disable(self._busy_poll)
         if self.metrics is not None:
             await self.metrics.close()
         for task in self._tasks:

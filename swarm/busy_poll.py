@@ -8,16 +8,24 @@ milliseconds before the step, took 0.59 ms to see that step against 0.16 ms for 
 
 While armed, `BusyPoll` keeps a callback in the loop's ready queue, so every turn of the loop
 polls its sockets with a zero timeout instead of sleeping; it re-arms for `window` seconds on
-every `poke()` (a lane frame in or out, a request arriving). The cost is one core per process
-while traffic flows, which a GPU host has to spare; on a CPU-only machine those cores compute
-the model, so `auto` (the default of `--busy-poll`) turns it on only with `--device cuda`.
+every `poke()` (a lane frame in or out, an API request arriving). The cost is one core per
+process while traffic flows, which a GPU host has to spare; on a CPU-only machine those cores
+compute the model, so `auto` (the default of `--busy-poll`) turns it on only with `--device
+cuda`.
+
+A spinning loop thread takes the GIL back right after each zero-timeout poll, so another
+thread of the process that wants it (the gateway's LM-head thread, a peer's compute thread)
+could wait a switch interval each time: work handed to such a thread runs inside `paused()`,
+and the loop sleeps until it is back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 BUSY_POLL_MODES = ("auto", "on", "off")
 WINDOW = 0.05  # seconds the loop stays awake after the last message
@@ -29,68 +37,94 @@ class BusyPoll:
     def __init__(self, loop: asyncio.AbstractEventLoop, window: float = WINDOW) -> None:
         self.loop = loop
         self.window = window
-        self.armed_seconds = 0.0  # how long the loop was kept awake in all
+        self._seconds = 0.0  # how long the loop was kept awake, finished spells only
         self._until = 0.0
         self._since = 0.0  # when the current spell of spinning began
         self._spinning = False
+        self._holds = 0  # `hold()`s not yet released: no spinning meanwhile
 
     def poke(self) -> None:
+        """A message came or went: keep the loop awake for the next `window` seconds."""
         if self.loop.is_closed():
             return
-        now = time.perf_counter()
-        self._until = now + self.window
-        if not self._spinning:
+        self._until = time.perf_counter() + self.window
+        self._spin()
+
+    def hold(self) -> None:
+        """Stop spinning until `release()`: another thread of this process needs the GIL."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds -= 1
+        if not self._holds and not self.loop.is_closed():
+            self._spin()  # what is left of the window
+
+    def _spin(self) -> None:
+        if not self._spinning and not self._holds and time.perf_counter() < self._until:
             self._spinning = True
-            self._since = now
+            self._since = time.perf_counter()
             self.loop.call_soon(self._tick)
 
     def _tick(self) -> None:
         now = time.perf_counter()
-        if now < self._until:
+        if now < self._until and not self._holds:
             self.loop.call_soon(self._tick)  # the loop's next turn polls with no timeout
             return
         self._spinning = False
-        self.armed_seconds += now - self._since
+        self._seconds += now - self._since
 
     @property
     def spinning(self) -> bool:
+        """Is the loop being kept awake now?"""
         return self._spinning
 
     @property
     def seconds(self) -> float:
         """How long the loop was kept awake so far, the current spell included."""
         spell = time.perf_counter() - self._since if self._spinning else 0.0
-        return self.armed_seconds + spell
+        return self._seconds + spell
 
 
 _current: BusyPoll | None = None
 
 
 def enable(window: float = WINDOW) -> BusyPoll:
-    """Busy-poll the running loop from now on (this process's one loop)."""
+    """Busy-poll the running loop from now on (a process runs one loop that polls)."""
     global _current
     _current = BusyPoll(asyncio.get_running_loop(), window)
     return _current
 
 
-def disable() -> None:
+def disable(poll: BusyPoll | None = None) -> None:
+    """Stop busy polling (only if `poll`, when given, is the one enabled)."""
     global _current
-    _current = None
-
-
-def current() -> BusyPoll | None:
-    return _current
-
-
-def seconds() -> float:
-    """How long this process's loop was kept awake so far (0 when not enabled)."""
-    return _current.seconds if _current is not None else 0.0
+    if poll is None or poll is _current:
+        _current = None
 
 
 def poke() -> None:
     """A message came or went: keep the loop awake a while (nothing when not enabled)."""
     if _current is not None:
         _current.poke()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """No spinning while the block runs (around work handed to another thread)."""
+    poll = _current
+    if poll is None:
+        yield
+        return
+    poll.hold()
+    try:
+        yield
+    finally:
+        poll.release()
+
+
+def seconds() -> float:
+    """How long this process's loop was kept awake so far (0 when not enabled)."""
+    return _current.seconds if _current is not None else 0.0
 
 
 def wanted(choice: str, device: str) -> bool:

@@ -25,7 +25,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def up() -> Iterator[Proc]:
-    proc = start(["up", "--port", "0", "--peers", "2"], "GATEWAY_READY ")
+    proc = start(["up", "--port", "0", "--peers", "2", "--peer-metrics"], "GATEWAY_READY ")
     try:
         yield proc
     finally:
@@ -368,6 +368,11 @@ def test_a_cpu_swarm_does_not_busy_poll(up: Proc, client: openai.OpenAI) -> None
         max_tokens=2,
     )
     metrics = httpx.get(f"{up.ready['url']}/metrics", timeout=10).text
-    assert "swarmgate_busy_poll_seconds_total 0.0" in metrics
+    assert "swarmgate_busy_poll_seconds_total" in metrics
+    assert value(metrics, "swarmgate_busy_poll_seconds_total") == 0.0
+    for url in up.ready["peer_metrics"]:
+        peer = httpx.get(str(url), timeout=10).text
+        assert "swarmgate_peer_busy_poll_seconds_total" in peer
+        assert value(peer, "swarmgate_peer_busy_poll_seconds_total") == 0.0
     for line in _peer_command_lines(up):
         assert line[line.index("--busy-poll") + 1] == "auto"

@@ -22,8 +22,7 @@ def _loop_cpu_seconds(armed: bool, window: float, wait: float) -> float:
             await asyncio.sleep(wait)
             return time.thread_time() - began
         finally:
-            assert poll is busy_poll.current()
-            busy_poll.disable()
+            busy_poll.disable(poll)
 
     return event_loop.run(main())
 
@@ -65,9 +64,49 @@ def test_poke_without_enable_does_nothing() -> None:
         await asyncio.sleep(0.1)
         return time.thread_time() - began
 
-    assert busy_poll.current() is None
     assert event_loop.run(main()) < 0.02
     assert busy_poll.seconds() == 0.0
+
+
+def test_no_spinning_while_paused_and_the_rest_of_the_window_after() -> None:
+    """Work handed to another thread runs `paused()`: the loop sleeps meanwhile (that thread
+    needs the GIL) and spins again for what is left of the window once it is back."""
+
+    async def main() -> tuple[float, bool, bool, float]:
+        poll = busy_poll.enable(window=1.0)
+        try:
+            busy_poll.poke()
+            with busy_poll.paused():
+                await asyncio.sleep(0)  # the spinning callback sees the hold and stops
+                began = time.thread_time()
+                await asyncio.sleep(0.2)
+                held_cpu = time.thread_time() - began
+                held = poll.spinning
+            after = poll.spinning
+            began = time.thread_time()
+            await asyncio.sleep(0.2)
+            return held_cpu, held, after, time.thread_time() - began
+        finally:
+            busy_poll.disable(poll)
+
+    held_cpu, held, after, spinning_cpu = event_loop.run(main())
+    assert not held and held_cpu < 0.02
+    assert after and spinning_cpu > 0.05
+
+
+def test_disable_leaves_another_enabled_poll_alone() -> None:
+    async def main() -> tuple[bool, float]:
+        first = busy_poll.enable()
+        second = busy_poll.enable()  # e.g. a second server in the same process
+        busy_poll.disable(first)  # the first one's stop: not the second's polling
+        busy_poll.poke()
+        spinning = second.spinning
+        busy_poll.disable(second)
+        return spinning, busy_poll.seconds()
+
+    assert event_loop.run(main()) == (True, 0.0)
+    with busy_poll.paused():  # nothing enabled: nothing to pause
+        pass
 
 
 def test_a_poke_after_the_loop_closed_is_ignored() -> None:
