@@ -5,7 +5,9 @@ TCP, as a gateway and a peer exchange a lane's small frames. The client measures
 after idle gaps of 0, 1, 10 and 200 ms, once with both loops sleeping in epoll between
 messages (`--busy-poll off`) and once with both busy-polling (`on`: each message keeps the loop
 awake for `swarm.busy_poll.WINDOW`). The gateway's tokenizer on a short chat is timed after the
-same gaps, to separate the cold caches' part of the cost from the wake-up's. Ratios: busy-polled
+same gaps, to separate the cold caches' part of the cost from the wake-up's. The write column
+is the client's `write` call alone: on loopback it runs the receiver's side of TCP and wakes
+the receiver, so a sleeping receiver makes the sender's write slow too. Ratios: busy-polled
 to sleeping round trips, and the tokenizer to its back-to-back time (gap 0), in the same run.
 The busy poll's window is 50 ms: after the 200 ms gap both loops were asleep again. Prints a table; JSON in
 $OUT/wake.json (default bench-out/).
@@ -65,31 +67,34 @@ def _echo(ports: Any, busy: bool) -> None:
     event_loop.run(main())
 
 
-async def _round_trips(port: int, busy: bool, rounds: int) -> dict[float, float]:
-    """Median round trip in µs after each idle gap."""
+async def _round_trips(port: int, busy: bool, rounds: int) -> dict[str, dict[float, float]]:
+    """Median round trip in µs after each idle gap, and the median time of its write (a
+    loopback write runs the receiver's side of TCP and wakes the receiver if it sleeps)."""
     if busy:
         busy_poll.enable()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     _no_delay(writer)
-    medians = {}
+    medians: dict[str, dict[float, float]] = {"rtt": {}, "write": {}}
     try:
         for gap in GAPS:
-            times = []
+            times, writes = [], []
             for _ in range(rounds):
                 await asyncio.sleep(gap)
                 began = time.perf_counter()
                 busy_poll.poke()
                 writer.write(b"x" * MESSAGE)
+                writes.append((time.perf_counter() - began) * 1e6)
                 await reader.readexactly(MESSAGE)
                 times.append((time.perf_counter() - began) * 1e6)
-            medians[gap] = statistics.median(times)
+            medians["rtt"][gap] = statistics.median(times)
+            medians["write"][gap] = statistics.median(writes)
     finally:
         writer.close()
         busy_poll.disable()
     return medians
 
 
-def round_trips(busy: bool, rounds: int) -> dict[float, float]:
+def round_trips(busy: bool, rounds: int) -> dict[str, dict[float, float]]:
     ports: Any = mp.get_context("spawn").Queue()
     echo = mp.get_context("spawn").Process(target=_echo, args=(ports, busy), daemon=True)
     echo.start()
@@ -122,21 +127,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
+    sleeping, busy = round_trips(False, args.rounds), round_trips(True, args.rounds)
+    tokenize = tokenize_times(args.rounds)
     result = {
-        "sleeping_rtt_us": round_trips(False, args.rounds),
-        "busy_rtt_us": round_trips(True, args.rounds),
-        "tokenize_us": tokenize_times(args.rounds),
+        "sleeping_rtt_us": sleeping["rtt"],
+        "busy_rtt_us": busy["rtt"],
+        "sleeping_write_us": sleeping["write"],
+        "busy_write_us": busy["write"],
+        "tokenize_us": tokenize,
     }
     print(
-        f"\n{'idle gap':>9} {'RTT sleeping':>13} {'RTT busy-polled':>16} {'busy/sleeping':>14} {'tokenize':>18}"
-    )
-    sleeping, busy, tokenize = (
-        result[k] for k in ("sleeping_rtt_us", "busy_rtt_us", "tokenize_us")
+        f"\n{'idle gap':>9} {'RTT sleeping':>13} {'RTT busy-polled':>16} {'busy/sleeping':>14}"
+        f" {'write sleeping':>15} {'write busy':>11} {'tokenize':>18}"
     )
     for gap in GAPS:
+        rtt_s, rtt_b = sleeping["rtt"][gap], busy["rtt"][gap]
         print(
-            f"{gap * 1e3:>6.0f} ms {sleeping[gap]:>10.1f} µs {busy[gap]:>13.1f} µs "
-            f"{busy[gap] / sleeping[gap]:>13.2f}x {tokenize[gap]:>9.1f} µs {tokenize[gap] / tokenize[0.0]:>5.2f}x"
+            f"{gap * 1e3:>6.0f} ms {rtt_s:>10.1f} µs {rtt_b:>13.1f} µs {rtt_b / rtt_s:>13.2f}x"
+            f" {sleeping['write'][gap]:>12.1f} µs {busy['write'][gap]:>8.1f} µs"
+            f" {tokenize[gap]:>9.1f} µs {tokenize[gap] / tokenize[0.0]:>5.2f}x"
         )
     out = Path(os.environ.get("OUT", ROOT / "bench-out"))
     out.mkdir(exist_ok=True)
