@@ -40,7 +40,8 @@ class BusyPoll:
         self._seconds = 0.0  # how long the loop was kept awake, finished spells only
         self._until = 0.0
         self._since = 0.0  # when the current spell of spinning began
-        self._spinning = False
+        self._spinning = False  # the callback is queued
+        self._counting = False  # the current spell's time counts (not once held)
         self._holds = 0  # `hold()`s not yet released: no spinning meanwhile
 
     def poke(self) -> None:
@@ -53,6 +54,8 @@ class BusyPoll:
     def hold(self) -> None:
         """Stop spinning until `release()`: another thread of this process needs the GIL."""
         self._holds += 1
+        self._stop_counting()  # the callback ends the spell at its next turn (maybe only
+        # after inline work that blocks the loop: that time is not polling)
 
     def release(self) -> None:
         self._holds -= 1
@@ -60,18 +63,26 @@ class BusyPoll:
             self._spin()  # what is left of the window
 
     def _spin(self) -> None:
-        if not self._spinning and not self._holds and time.perf_counter() < self._until:
+        now = time.perf_counter()
+        if self._holds or now >= self._until:
+            return
+        if not self._counting:
+            self._counting, self._since = True, now
+        if not self._spinning:
             self._spinning = True
-            self._since = time.perf_counter()
             self.loop.call_soon(self._tick)
 
     def _tick(self) -> None:
-        now = time.perf_counter()
-        if now < self._until and not self._holds:
+        if time.perf_counter() < self._until and not self._holds:
             self.loop.call_soon(self._tick)  # the loop's next turn polls with no timeout
             return
         self._spinning = False
-        self._seconds += now - self._since
+        self._stop_counting()
+
+    def _stop_counting(self) -> None:
+        if self._counting:
+            self._counting = False
+            self._seconds += time.perf_counter() - self._since
 
     @property
     def spinning(self) -> bool:
@@ -81,7 +92,7 @@ class BusyPoll:
     @property
     def seconds(self) -> float:
         """How long the loop was kept awake so far, the current spell included."""
-        spell = time.perf_counter() - self._since if self._spinning else 0.0
+        spell = time.perf_counter() - self._since if self._counting else 0.0
         return self._seconds + spell
 
 

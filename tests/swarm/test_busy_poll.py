@@ -94,6 +94,28 @@ def test_no_spinning_while_paused_and_the_rest_of_the_window_after() -> None:
     assert after and spinning_cpu > 0.05
 
 
+def test_inline_work_while_paused_is_not_counted_as_polling() -> None:
+    """A peer computing inline blocks its loop inside `paused()`: that time is compute, not
+    polling, even though the spinning callback only sees the hold once the loop turns."""
+
+    async def main() -> tuple[float, bool]:
+        poll = busy_poll.enable(window=1.0)
+        try:
+            busy_poll.poke()
+            await asyncio.sleep(0.02)
+            with busy_poll.paused():
+                time.sleep(0.3)  # the inline compute
+                await asyncio.sleep(0)
+            counted = poll.seconds
+            return counted, poll.spinning
+        finally:
+            busy_poll.disable(poll)
+
+    counted, spinning = event_loop.run(main())
+    assert 0.015 <= counted < 0.2
+    assert spinning  # the rest of the window after the work
+
+
 def test_disable_leaves_another_enabled_poll_alone() -> None:
     async def main() -> tuple[bool, float]:
         first = busy_poll.enable()
