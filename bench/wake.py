@@ -80,8 +80,8 @@ async def _round_trips(port: int, busy: bool, rounds: int) -> dict[str, dict[flo
             times, writes = [], []
             for _ in range(rounds):
                 await asyncio.sleep(gap)
-                began = time.perf_counter()
                 busy_poll.poke()
+                began = time.perf_counter()
                 writer.write(b"x" * MESSAGE)
                 writes.append((time.perf_counter() - began) * 1e6)
                 await reader.readexactly(MESSAGE)
@@ -103,6 +103,7 @@ def round_trips(busy: bool, rounds: int) -> dict[str, dict[float, float]]:
         return event_loop.run(_round_trips(port, busy, rounds))
     finally:
         echo.kill()
+        echo.join(10)
 
 
 def tokenize_times(rounds: int) -> dict[float, float]:
@@ -148,7 +149,7 @@ def main() -> None:
             f" {tokenize[gap]:>9.1f} µs {tokenize[gap] / tokenize[0.0]:>5.2f}x"
         )
     out = Path(os.environ.get("OUT", ROOT / "bench-out"))
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "wake.json").write_text(json.dumps(result, indent=1))
 
 

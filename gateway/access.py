@@ -95,8 +95,8 @@ class AccessLog:
             return
         began = time.perf_counter()
         trace.mark("http.start")
-        if str(scope.get("path", "")).startswith("/v1/"):
-            busy_poll.poke()  # an API request: its messages to the peers follow at once
+        if scope.get("method") == "POST" and str(scope.get("path", "")).startswith("/v1/"):
+            busy_poll.poke()  # a generation: its messages to the peers follow at once
         record = AccessRecord(request_id(Headers(scope=scope).get(REQUEST_ID_HEADER)))
         scope.setdefault("state", {})[STATE_KEY] = record
         status = 500  # what the client gets if the app raises before answering

@@ -254,14 +254,15 @@ class PeerServer:
         so an inline CPU peer always builds on its loop's thread)."""
         loop = asyncio.get_running_loop()
         inline_gpu = isinstance(self.compute, InlineExecutor) and self.device.type == "cuda"
-        if not (moving and inline_gpu):
-            return await loop.run_in_executor(self.compute, functools.partial(fn, *args))
 
         def on_device() -> T:
             with torch.cuda.device(self.device):
                 return fn(*args)
 
-        return await loop.run_in_executor(None, on_device)
+        with busy_poll.paused():  # a loading thread needs the GIL
+            if not (moving and inline_gpu):
+                return await loop.run_in_executor(self.compute, functools.partial(fn, *args))
+            return await loop.run_in_executor(None, on_device)
 
     async def _load(self, start: int, end: int, moving: bool = False) -> None:
         assert self.weights is not None and self.node is not None

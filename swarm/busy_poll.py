@@ -58,6 +58,7 @@ class BusyPoll:
         # after inline work that blocks the loop: that time is not polling)
 
     def release(self) -> None:
+        assert self._holds > 0, "release() without hold()"
         self._holds -= 1
         if not self._holds and not self.loop.is_closed():
             self._spin()  # what is left of the window
@@ -113,16 +114,28 @@ def disable(poll: BusyPoll | None = None) -> None:
         _current = None
 
 
+def _mine() -> BusyPoll | None:
+    """The enabled poll if it is the running loop's (another thread's loop is left alone)."""
+    poll = _current
+    if poll is None:
+        return None
+    try:
+        return poll if poll.loop is asyncio.get_running_loop() else None
+    except RuntimeError:  # no loop runs in this thread
+        return None
+
+
 def poke() -> None:
     """A message came or went: keep the loop awake a while (nothing when not enabled)."""
-    if _current is not None:
-        _current.poke()
+    poll = _mine()
+    if poll is not None:
+        poll.poke()
 
 
 @contextlib.contextmanager
 def paused() -> Iterator[None]:
     """No spinning while the block runs (around work handed to another thread)."""
-    poll = _current
+    poll = _mine()
     if poll is None:
         yield
         return

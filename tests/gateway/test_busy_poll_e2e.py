@@ -61,7 +61,7 @@ def test_every_process_polls_around_a_request_and_answers_the_same(up: Proc) -> 
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
     assert streamed.strip()
-    time.sleep(0.2)  # past the last spell's window (50 ms)
+    time.sleep(0.5)  # well past the last spell's window (50 ms)
     after = _busy_seconds(up)
     assert len(after) == 3
     # each process spun through its part of the requests' traffic, and stopped afterwards

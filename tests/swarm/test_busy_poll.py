@@ -33,7 +33,7 @@ def test_a_poked_loop_spins_instead_of_sleeping() -> None:
     idle = _loop_cpu_seconds(armed=False, window=1.0, wait=0.2)
     spinning = _loop_cpu_seconds(armed=True, window=1.0, wait=0.2)
     assert idle < 0.02
-    assert spinning > 0.05
+    assert spinning > 0.03
 
 
 def test_spinning_stops_after_the_window_and_counts_its_time() -> None:
@@ -91,7 +91,7 @@ def test_no_spinning_while_paused_and_the_rest_of_the_window_after() -> None:
 
     held_cpu, held, after, spinning_cpu = event_loop.run(main())
     assert not held and held_cpu < 0.02
-    assert after and spinning_cpu > 0.05
+    assert after and spinning_cpu > 0.03
 
 
 def test_inline_work_while_paused_is_not_counted_as_polling() -> None:
@@ -114,6 +114,40 @@ def test_inline_work_while_paused_is_not_counted_as_polling() -> None:
     counted, spinning = event_loop.run(main())
     assert 0.015 <= counted < 0.2
     assert spinning  # the rest of the window after the work
+
+
+def test_a_release_before_the_callback_turns_counts_the_rest() -> None:
+    """Held and released with no turn of the loop between (the callback still queued): the
+    hold's time is not counted, the rest of the window is, and one callback spins on."""
+
+    async def main() -> tuple[float, float, bool, int]:
+        poll = busy_poll.enable(window=1.0)
+        ticks = 0
+        tick = poll._tick
+
+        def counted_tick() -> None:
+            nonlocal ticks
+            ticks += 1
+            tick()
+
+        poll._tick = counted_tick  # type: ignore[method-assign]
+        try:
+            busy_poll.poke()
+            poll.hold()
+            time.sleep(0.3)  # inline work, the loop blocked
+            poll.release()
+            right_after = poll.seconds
+            await asyncio.sleep(0.05)
+            turns, ticks = ticks, 0
+            await asyncio.sleep(0)
+            return right_after, poll.seconds, poll.spinning, ticks if turns else -1
+        finally:
+            busy_poll.disable(poll)
+
+    right_after, later, spinning, per_turn = event_loop.run(main())
+    assert right_after < 0.01  # the held 0.3 s not counted
+    assert 0.04 <= later < 0.2 and spinning
+    assert per_turn == 1  # one callback per turn of the loop, not two
 
 
 def test_disable_leaves_another_enabled_poll_alone() -> None:
