@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import write_json  # noqa: E402
 from swarm.models.sources import RandomSource  # noqa: E402
 from swarm.p2p import P2PNode  # noqa: E402
 from swarm.protocol import INFO_PROTOCOL  # noqa: E402
@@ -103,9 +102,7 @@ def main() -> None:
         print(
             f"{r['quant']:6} {r['blocks']:>6} {r['step_ms']:>15.2f} {r['ms_per_block']:>9.3f} {r['throughput_decode']:>20.1f} {r['load_s']:>8.1f}"
         )
-    out = Path(os.environ.get("OUT", ROOT / "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_peer.json").write_text(json.dumps(rows, indent=1))
+    write_json("gpu_peer", rows)
 
 
 if __name__ == "__main__":

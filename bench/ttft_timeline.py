@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -36,6 +35,7 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import write_json  # noqa: E402
 from tests.procs import start  # noqa: E402
 
 GPU_FLAGS = ["--model", "random:llama-3-8b", "--device", "cuda", "--dtype", "bfloat16"]
@@ -162,9 +162,7 @@ def main() -> None:
         values = [r[name] for r in rows]
         table[name] = {"p50": statistics.median(values), "mean": statistics.mean(values)}
         print(f"{name:40} {table[name]['p50']:>8.2f} {table[name]['mean']:>8.2f}")
-    out = Path(os.environ.get("OUT", ROOT / "bench-out"))
-    out.mkdir(exist_ok=True)
-    (out / "ttft_timeline.json").write_text(json.dumps(table, indent=1))
+    write_json("ttft_timeline", table)
 
 
 if __name__ == "__main__":

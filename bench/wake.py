@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import socket
@@ -32,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import write_json  # noqa: E402
 from swarm import busy_poll, event_loop  # noqa: E402
 from swarm.models import DEFAULT_MODEL, load_weights  # noqa: E402
 
@@ -148,9 +148,7 @@ def main() -> None:
             f" {sleeping['write'][gap]:>12.1f} µs {busy['write'][gap]:>8.1f} µs"
             f" {tokenize[gap]:>9.1f} µs {tokenize[gap] / tokenize[0.0]:>5.2f}x"
         )
-    out = Path(os.environ.get("OUT", ROOT / "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "wake.json").write_text(json.dumps(result, indent=1))
+    write_json("wake", result)
 
 
 if __name__ == "__main__":
