@@ -49,6 +49,7 @@ SETUPS = {  # extra `up` flags of each setup
     "eager": ["--no-compile"],  # layers not compiled (session 8)
     "asyncio-loop": [],  # every process on asyncio's own event loop, not uvloop (session 14)
     "no-busy-poll": ["--busy-poll", "off"],  # loops sleep between messages (before session 15)
+    "head-inline": ["--head-inline"],  # head passes on the gateway's loop thread (session 15)
     "libp2p": ["--no-lanes", "--round-groups", "1"],  # as of session 4
     "eager-head": ["--no-head-graphs"],  # greedy head passes eager (default until session 12)
     "thread": ["--compute", "thread"],  # peers compute beside their loop (default until session 12)

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         rounds_in_flight=args.rounds_in_flight,
         stream_after_send=stream_after_send(args),
         head_graphs=args.head_graphs,
+        head_inline=args.head_inline,
         compute_turns=args.compute_turns,
         busy_poll=busy_poll.wanted(args.busy_poll, args.device),
     )
@@ -103,12 +104,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_head_graphs(parser: argparse.ArgumentParser) -> None:
+    """`--[no-]head-graphs` and `--head-inline`, shared by `gateway` and `up`."""
     parser.add_argument(
         "--head-graphs",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --device cuda, capture the greedy head pass as CUDA graphs at start and "
         "replay them (default on; no effect on a CPU)",
+    )
+    parser.add_argument(
+        "--head-inline",
+        action="store_true",
+        help="run the head's passes on the event loop's thread instead of a thread of their "
+        "own: no hand-offs per pass, but nothing else runs meanwhile (for a GPU head, whose "
+        "passes are short; on a CPU the pass gets a single torch thread)",
     )
 
 

@@ -29,6 +29,7 @@ from gateway.store import KeptSession, MemoryStore, SessionStore, reusable
 from swarm import busy_poll, trace
 from swarm.compute_turns import NO_TURNS, ComputeTurns
 from swarm.head import Head
+from swarm.main_thread import InlineExecutor
 from swarm.models import Weights
 from swarm.p2p import P2PNode
 from swarm.rounds import Channels
@@ -156,6 +157,7 @@ class Engine:
         push: bool = False,
         stream_after_send: bool = False,
         turns: ComputeTurns = NO_TURNS,
+        head_inline: bool = False,
     ) -> None:
         self.node = node
         self.push = push  # decode steps pushed peer to peer (swarm.session)
@@ -178,9 +180,15 @@ class Engine:
         self.prefix_hits = 0
         self.store_errors = 0
         self.metrics = GatewayMetrics(self)  # one registry per engine, so per app
-        # the head computes on its own thread, with all of torch's threads (swarm.threads)
-        self._head_pool = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="head", initializer=compute_thread
+        # the head computes on its own thread, with all of torch's threads (swarm.threads);
+        # `head_inline`: on the loop's thread instead (a GPU head's pass is a short graph
+        # replay: no hand-off to the thread and back, but the loop waits for each pass)
+        self._head_pool: concurrent.futures.Executor = (
+            InlineExecutor()
+            if head_inline
+            else concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="head", initializer=compute_thread
+            )
         )
         self._head_batchers: dict[str, HeadBatcher] = {}
         self.turns = turns  # with the peers on these cores, head passes take turns

@@ -58,6 +58,7 @@ class GatewayConfig:
     push: bool = False  # peers push each hop's output straight to the next hop
     stream_after_send: bool = False  # deltas written once the next step left (see Engine)
     head_graphs: bool = True  # on a GPU, greedy head passes replay CUDA graphs
+    head_inline: bool = False  # head passes on the loop's thread, not a thread of their own
     # a file shared by the processes that compute on this machine's CPU cores: the head
     # passes take turns with them (swarm.compute_turns; `swarmgate up` passes its own)
     compute_turns: str | None = None
@@ -114,6 +115,7 @@ async def run_gateway(config: GatewayConfig, on_ready: Callable[[str], None] | N
         rounds_in_flight=config.rounds_in_flight,
         push=config.push,
         stream_after_send=config.stream_after_send,
+        head_inline=config.head_inline,
         turns=ComputeTurns(config.compute_turns),
     )
     refresher = asyncio.create_task(_refresh_loop(view, config.refresh_period), name="swarm-view")

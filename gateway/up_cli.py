@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             stream_after_send=stream_after_send(args),
             rounds_in_flight=args.rounds_in_flight,
             head_graphs=args.head_graphs,
+            head_inline=args.head_inline,
             compute_turns=turns,
             busy_poll=busy_poll.wanted(args.busy_poll, args.device),
         )

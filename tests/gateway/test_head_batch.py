@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
+from typing import Any, cast
 
 import pytest
 import torch
 
+from gateway.engine import Engine
 from gateway.head_batch import HeadBatcher
+from swarm.main_thread import InlineExecutor
 
 WEIGHT = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
 
@@ -129,3 +133,33 @@ def test_an_all_greedy_pass_takes_the_argmax_path_and_a_mixed_one_the_logits() -
     assert torch.allclose(outputs[2], inputs[2] @ WEIGHT.T)  # type: ignore[arg-type]
     assert isinstance(outputs[3], ValueError) and "no token can be sampled" in str(outputs[3])
     assert outputs[4] == expected[1] and outputs[5] == expected[4]
+
+
+def test_an_inline_head_computes_on_the_loops_thread_and_still_batches() -> None:
+    """`--head-inline` hands the batcher an `InlineExecutor`: each pass runs on the loop's own
+    thread (no hand-off), and the rows that queued during a pass share the next one."""
+    threads: list[int] = []
+
+    def logits_here(hidden: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.get_ident())
+        return hidden @ WEIGHT.T
+
+    async def main() -> tuple[HeadBatcher, list[torch.Tensor], list[torch.Tensor]]:
+        batcher = HeadBatcher(logits_here, InlineExecutor())
+        inputs = [torch.randn(b, 1, 4) for b in (1, 2, 3)]
+        outputs = await asyncio.gather(*(batcher.logits(x) for x in inputs))
+        return batcher, inputs, list(outputs)
+
+    batcher, inputs, outputs = asyncio.run(main())
+    assert threads and set(threads) == {threading.get_ident()}  # asyncio.run's thread
+    assert batcher.passes == 1 and batcher.rows == 6  # submitted in one turn: one pass
+    for x, out in zip(inputs, outputs, strict=True):
+        assert torch.allclose(out, x @ WEIGHT.T)
+
+
+def test_the_engine_runs_its_head_inline_only_when_asked() -> None:
+    def head_pool(**options: Any) -> object:
+        return Engine(cast(Any, None), cast(Any, None), [], **options)._head_pool
+
+    assert isinstance(head_pool(head_inline=True), InlineExecutor)
+    assert isinstance(head_pool(), concurrent.futures.ThreadPoolExecutor)

@@ -20,7 +20,9 @@ MAX_TOKENS = 3  # we test the contract, not long generations
 
 @pytest.fixture(scope="module")
 def gateway_url() -> Iterator[str]:
-    proc: Proc = start(["up", "--port", "0", "--peers", "2"], "GATEWAY_READY ")
+    # the head inline on the loop (`--head-inline`): every kind of request the contract
+    # allows runs through that path too (the other swarms of the suite use the head's thread)
+    proc: Proc = start(["up", "--port", "0", "--peers", "2", "--head-inline"], "GATEWAY_READY ")
     try:
         yield str(proc.ready["url"])
     finally:
