@@ -48,8 +48,9 @@ class BusyPoll:
         """A message came or went: keep the loop awake for the next `window` seconds."""
         if self.loop.is_closed():
             return
-        self._until = time.perf_counter() + self.window
-        self._spin()
+        now = time.perf_counter()
+        self._until = now + self.window
+        self._spin(now)
 
     def hold(self) -> None:
         """Stop spinning until `release()`: another thread of this process needs the GIL."""
@@ -61,10 +62,9 @@ class BusyPoll:
         assert self._holds > 0, "release() without hold()"
         self._holds -= 1
         if not self._holds and not self.loop.is_closed():
-            self._spin()  # what is left of the window
+            self._spin(time.perf_counter())  # what is left of the window
 
-    def _spin(self) -> None:
-        now = time.perf_counter()
+    def _spin(self, now: float) -> None:
         if self._holds or now >= self._until:
             return
         if not self._counting:
